@@ -1,0 +1,370 @@
+"""One supervised child: its supervision loop, its MCP client session and its health watch.
+
+`supervise()` runs for the life of the supervisor. Each turn of its loop is one incarnation:
+spawn, handshake and tool listing, watch (exit, health, probe) until the process dies or a
+stop is asked for; then the state machine decides between stopped, backoff, exited and fatal.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import anyio
+import mcp_types as types
+from mcp import ClientSession
+from mcp.shared.exceptions import MCPError
+
+from metasup_mcp.children.health import HealthFigures, HealthLimits, HealthTracker, TreeSampler
+from metasup_mcp.children.process import ChildProcess, SpawnSpec, StderrRing, child_environment, spawn_child
+from metasup_mcp.children.state import ChildState, ChildStateMachine, ExitDecision, RestartPolicy
+from metasup_mcp.config import HealthChecks, RestartSettings, ServerConfig
+
+logger = logging.getLogger(__name__)
+
+# How long a failed handshake waits to see whether the process died (the likelier story).
+HANDSHAKE_EXIT_GRACE = 0.5
+
+EventKind = Literal["started", "stable", "exited", "health", "tools_changed", "notification"]
+
+
+@dataclass(frozen=True)
+class ChildEvent:
+    """What the supervisor hears about a child; `data` carries the details for status and audit."""
+
+    server: str
+    kind: EventKind
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+EventSink = Callable[[ChildEvent], None]
+
+
+@dataclass(frozen=True)
+class Supervision:
+    """The settings a child shares with every other child unless its own config overrides them."""
+
+    workspace: Path
+    instance_id: str
+    min_runtime: float
+    health: HealthChecks
+    restart: RestartSettings
+
+
+@dataclass
+class Connection:
+    """A live MCP session to one incarnation; `gone` is set the moment that process dies."""
+
+    session: ClientSession
+    process: ChildProcess
+    generation: int
+    gone: anyio.Event
+
+
+class ManagedChild:
+    def __init__(self, config: ServerConfig, supervision: Supervision, emit: EventSink) -> None:
+        self.config = config
+        self.name = config.name
+        self._supervision = supervision
+        self._emit = emit
+        restart = config.restart or supervision.restart
+        self.machine = ChildStateMachine(
+            RestartPolicy(
+                restart_on_failure=config.restart_on_failure,
+                min_runtime=config.min_runtime if config.min_runtime is not None else supervision.min_runtime,
+                backoff_initial=restart.backoff_initial,
+                backoff_max=max(restart.backoff_max, restart.backoff_initial),
+                max_restarts=restart.max_restarts,
+                restart_window=restart.restart_window,
+                stable_after=restart.stable_after,
+            ),
+            clock=anyio.current_time,
+            rng=random.Random(),
+            name=config.name,
+        )
+        self.stderr = StderrRing()
+        self.tools: list[types.Tool] = []
+        checks = supervision.health
+        self._health = HealthTracker(HealthLimits(checks.max_memory_mb, checks.max_cpu_percent, checks.failure_threshold))
+        self.last_error: str | None = None
+        self.connection: Connection | None = None
+        self.pid: int | None = None  # of the current or last incarnation
+        self.server_capabilities: types.ServerCapabilities | None = None
+        self.generation = 0
+        self._want_running = False
+        self._start_now = False  # an explicit start or restart skips what is left of a backoff
+        self._wake = anyio.Event()  # a request arrived; replaced once consumed
+        self._changed = anyio.Event()  # replaced on every state change; see wait_for()
+        self._stop_incarnation: anyio.Event | None = None
+        # Hook for the gateway: each server notification of a live session.
+        self.on_notification: Callable[[ManagedChild, Any], Awaitable[None]] | None = None
+
+    @property
+    def state(self) -> ChildState:
+        return self.machine.state
+
+    @property
+    def health(self) -> HealthFigures:
+        """The last resource and probe figures (of the current or last incarnation)."""
+        return self._health.figures
+
+    async def wait_for(self, predicate: Callable[[ManagedChild], bool], timeout: float) -> bool:
+        """Wait until `predicate(self)` holds after some state change, or the timeout passes."""
+        with anyio.move_on_after(timeout):
+            while not predicate(self):
+                await self._changed.wait()
+            return True
+        return predicate(self)
+
+    # -- requests (from the manager) -----------------------------------------------------
+
+    def request_start(self) -> None:
+        self._want_running = self._start_now = True
+        self._wake.set()
+
+    def request_stop(self) -> None:
+        self._want_running = self._start_now = False
+        self._interrupt()
+
+    def request_restart(self) -> None:
+        """Stop the current incarnation (if any) and start a new one at once, without backoff."""
+        self._want_running = self._start_now = True
+        self._interrupt()
+
+    def _interrupt(self) -> None:
+        self._wake.set()
+        if self._stop_incarnation is not None:
+            self._stop_incarnation.set()
+
+    # -- the supervision loop ------------------------------------------------------------
+
+    async def supervise(self) -> None:
+        """Run for the life of the supervisor, one incarnation per turn."""
+        while True:
+            await self._until_start_is_due()
+            decision = await self._run_incarnation()
+            if decision.state in (ChildState.FATAL, ChildState.EXITED):
+                self._want_running = False
+
+    async def _until_start_is_due(self) -> None:
+        while True:
+            if not self._want_running:
+                if self.state is ChildState.BACKOFF:
+                    self.machine.begin_stop()
+                    self._notify()
+                await self._next_request()
+                continue
+            if self._start_now:
+                self._start_now = False
+                return
+            if self.state is ChildState.BACKOFF:
+                assert self.machine.next_start_at is not None
+                remaining = self.machine.next_start_at - anyio.current_time()
+                if remaining > 0 and await self._next_request(timeout=remaining):
+                    continue  # a request arrived mid-backoff: look again
+            if self.state in (ChildState.FATAL, ChildState.EXITED):
+                self._want_running = False
+                continue
+            return
+
+    async def _next_request(self, timeout: float = math.inf) -> bool:
+        """Wait for a request; True if one came before the timeout."""
+        with anyio.move_on_after(timeout):
+            await self._wake.wait()
+            self._wake = anyio.Event()
+            return True
+        return False
+
+    async def _run_incarnation(self) -> ExitDecision:
+        self.machine.begin_start()
+        self.generation += 1
+        self.last_error = None
+        self._notify()
+        stop = self._stop_incarnation = anyio.Event()
+        returncode: int | None = None
+        spec = SpawnSpec(
+            name=self.name,
+            argv=[self.config.executable, *self.config.args],
+            cwd=self._supervision.workspace / (self.config.cwd or ""),
+            env=child_environment(self.config.env, self._supervision.instance_id),
+            stop_timeout=self.config.stop_timeout,
+        )
+        try:
+            async with spawn_child(spec, self._on_stderr) as streams:
+                self.pid = streams.process.pid
+                reason = await self._serve(streams.process, streams.read, streams.write, stop)
+            returncode = streams.process.returncode
+        except OSError as exc:
+            reason = f"spawn failed: {exc.strerror or exc} ({spec.argv[0]})"
+        finally:
+            self._stop_incarnation = None
+            if self.connection is not None:
+                self.connection.gone.set()
+                self.connection = None
+        requested = self.state is ChildState.STOPPING and self.machine.pending_health_reason is None
+        if not requested:
+            self.last_error = reason
+        decision = self.machine.process_exited(returncode, reason)
+        exit_reason = self.machine.last_exit.reason if self.machine.last_exit else reason
+        self._emit(ChildEvent(self.name, "exited", {
+            "returncode": returncode, "reason": exit_reason, "early": decision.early,
+            "requested": requested, "state": decision.state.value, "restart_in": decision.restart_in,
+        }))
+        if decision.state is ChildState.FATAL:
+            policy = self.machine.policy
+            self.last_error = (
+                f"crash loop: more than {policy.max_restarts} restarts within {policy.restart_window:g}s; "
+                f"last: {exit_reason}. Fix the cause, then start_server to try again"
+            )
+        self._notify()
+        return decision
+
+    async def _serve(self, process: ChildProcess, read: Any, write: Any, stop: anyio.Event) -> str:
+        """Handshake, then watch until the process dies or a stop is asked; return the exit reason."""
+        outcome: list[str] = []
+        async with ClientSession(read, write, message_handler=self._on_message) as session:
+            async with anyio.create_task_group() as tg:
+
+                def finish(why: str) -> None:
+                    outcome.append(why)
+                    tg.cancel_scope.cancel()
+
+                tg.start_soon(_then, process.exited.wait, finish, "exited")
+                tg.start_soon(_then, stop.wait, finish, "stop")
+                tg.start_soon(self._handshake_and_watch, session, process, finish)
+        why = outcome[0]
+        if why == "stop":
+            self.machine.begin_stop()
+            self._notify()
+            return "stopped by request"
+        if why == "exited":
+            code = process.returncode
+            died = f"exited with code {code}" if code is None or code >= 0 else f"killed by signal {-code}"
+            return died if self.state is ChildState.RUNNING else f"{died} before completing the MCP handshake"
+        return why
+
+    async def _handshake_and_watch(
+        self, session: ClientSession, process: ChildProcess, finish: Callable[[str], None]
+    ) -> None:
+        failure = await self._handshake(session)
+        if failure is not None:
+            # A child that crashed makes the handshake fail first; report the crash itself.
+            with anyio.move_on_after(HANDSHAKE_EXIT_GRACE):
+                await process.exited.wait()
+            finish(failure)
+            return
+        self.connection = Connection(session, process, self.generation, anyio.Event())
+        self.machine.handshake_ok()
+        self._emit(ChildEvent(self.name, "started", {"pid": process.pid, "tools": len(self.tools)}))
+        self._notify()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._mark_stable)
+            verdict, detail = await self._watch_health(process, session)
+            self.machine.health_restart(verdict)
+            finish(f"unhealthy: {detail}")
+
+    async def _handshake(self, session: ClientSession) -> str | None:
+        """Initialize and list tools within `handshake_timeout`; return a failure reason or None."""
+        try:
+            with anyio.fail_after(self.config.handshake_timeout):
+                result = await session.initialize()
+                self.server_capabilities = result.capabilities
+                self.tools = await _list_all_tools(session) if result.capabilities.tools is not None else []
+        except TimeoutError:
+            return f"handshake: no answer to initialize/tools/list within {self.config.handshake_timeout:g}s"
+        except MCPError as exc:
+            return f"handshake: {exc}"
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.EndOfStream, ConnectionError) as exc:
+            return f"handshake: connection closed ({type(exc).__name__})"
+        return None
+
+    async def _watch_health(self, process: ChildProcess, session: ClientSession) -> tuple[str, str]:
+        """Sample and probe every `interval`; return (reason, detail) once a restart is due."""
+        checks = self._supervision.health
+        tracker = self._health
+        tracker.reset()
+        sampler = TreeSampler(process.pid)  # its first reading primes cpu_percent
+        while True:
+            await anyio.sleep(checks.interval)
+            verdict = tracker.observe_sample(sampler.sample())
+            if verdict is None:
+                probe_ms = await _probe(session, checks.probe_timeout)
+                verdict = tracker.observe_probe(probe_ms is not None, probe_ms)
+            if verdict is not None:
+                detail = _health_detail(verdict, tracker.figures, checks)
+                logger.warning("%s: unhealthy (%s), restarting", self.name, detail)
+                self._emit(ChildEvent(self.name, "health", {"reason": verdict, "detail": detail}))
+                return verdict, detail
+
+    async def _mark_stable(self) -> None:
+        await anyio.sleep(self.machine.policy.min_runtime)
+        self._emit(ChildEvent(self.name, "stable", {"generation": self.generation}))
+
+    async def _on_message(self, message: Any) -> None:
+        if isinstance(message, Exception):
+            logger.debug("%s: transport error: %s", self.name, message)
+            return
+        if isinstance(message, types.ToolListChangedNotification) and self.connection is not None:
+            with anyio.move_on_after(self.config.call_timeout):
+                self.tools = await _list_all_tools(self.connection.session)
+                self._emit(ChildEvent(self.name, "tools_changed", {"tools": len(self.tools)}))
+        if self.on_notification is not None:
+            await self.on_notification(self, message)
+
+    def _on_stderr(self, line: str) -> None:
+        self.stderr.add(line)
+        logger.debug("[%s] %s", self.name, line)
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
+
+
+async def _then(wait: Callable[[], Awaitable[Any]], finish: Callable[[str], None], why: str) -> None:
+    await wait()
+    finish(why)
+
+
+async def _list_all_tools(session: ClientSession) -> list[types.Tool]:
+    tools: list[types.Tool] = []
+    cursor: str | None = None
+    while True:
+        params = types.PaginatedRequestParams(cursor=cursor) if cursor else None
+        page = await session.list_tools(params=params)
+        tools.extend(page.tools)
+        cursor = page.next_cursor
+        if not cursor:
+            return tools
+
+
+async def _probe(session: ClientSession, timeout: float) -> float | None:
+    """MCP liveness: any JSON-RPC answer, an error included, proves the child is reading."""
+    started = anyio.current_time()
+    try:
+        with anyio.fail_after(timeout):
+            await session.send_ping()
+    except MCPError:
+        pass  # "method not found" is an answer too
+    except TimeoutError:
+        return None
+    except (anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.EndOfStream):
+        return None
+    return round((anyio.current_time() - started) * 1000, 2)
+
+
+def _health_detail(reason: str, figures: HealthFigures, checks: HealthChecks) -> str:
+    n = checks.failure_threshold
+    if reason == "memory":
+        return f"memory: {figures.rss_mb:.0f} MB over {checks.max_memory_mb:g} MB for {n} samples"
+    if reason == "cpu":
+        return f"cpu: {figures.cpu_percent:.0f}% over {checks.max_cpu_percent:g}% for {n} samples"
+    if reason == "hung":
+        return f"hung: no answer to ping within {checks.probe_timeout:g}s, {n} times in a row"
+    return reason
+
+

@@ -1,0 +1,78 @@
+"""`ServerManager`: every configured child, started, stopped and restarted as one fleet."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
+
+import anyio
+
+from metasup_mcp.children.child import EventSink, ManagedChild, Supervision
+from metasup_mcp.children.state import ChildState
+from metasup_mcp.config import ServerConfig
+
+logger = logging.getLogger(__name__)
+
+
+class UnknownServer(KeyError):
+    """A name that no configured server has; the message lists the names that exist."""
+
+    def __init__(self, name: str, known: list[str]) -> None:
+        self.name = name
+        self.known = known
+        listing = ", ".join(known) if known else "none are configured"
+        super().__init__(f"no server named {name!r}; known servers: {listing}")
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class ServerManager:
+    def __init__(self, servers: list[ServerConfig], supervision: Supervision, emit: EventSink) -> None:
+        self.children: dict[str, ManagedChild] = {
+            server.name: ManagedChild(server, supervision, emit) for server in servers
+        }
+
+    def __iter__(self) -> Iterator[ManagedChild]:
+        return iter(self.children.values())
+
+    def get(self, name: str) -> ManagedChild:
+        try:
+            return self.children[name]
+        except KeyError:
+            raise UnknownServer(name, list(self.children)) from None
+
+    @asynccontextmanager
+    async def running(self, autostart: bool = True) -> AsyncIterator[ServerManager]:
+        """Supervise every child for the life of the block; on exit, stop them all and reap them."""
+        async with anyio.create_task_group() as tg:
+            for child in self:
+                tg.start_soon(child.supervise, name=f"supervise {child.name}")
+                if autostart and child.config.enabled:
+                    child.request_start()
+            try:
+                yield self
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await self.stop_all()
+                tg.cancel_scope.cancel()
+
+    async def stop_all(self, timeout: float | None = None) -> None:
+        """Ask every child to stop and wait until none has a live process."""
+        for child in self:
+            child.request_stop()
+        limit = timeout if timeout is not None else max((c.config.stop_timeout for c in self), default=5) + 5
+        async with anyio.create_task_group() as tg:
+            for child in self:
+                tg.start_soon(child.wait_for, _at_rest, limit)
+
+    def start_all(self) -> None:
+        for child in self:
+            if child.config.enabled:
+                child.request_start()
+
+
+def _at_rest(child: ManagedChild) -> bool:
+    return child.state in (ChildState.STOPPED, ChildState.EXITED, ChildState.FATAL)

@@ -1,0 +1,199 @@
+"""One child process: spawn in its own process group, pump MCP over its pipes, drain stderr.
+
+The child speaks newline-delimited JSON-RPC on stdout; anything else there is recorded and
+dropped, never handed to the session (a child that prints garbage stays usable). stderr is
+drained continuously so that a chatty child can never block on a full pipe.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import signal
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+import mcp_types as types
+from anyio.abc import Process
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from anyio.streams.text import TextReceiveStream
+from mcp.shared.message import SessionMessage
+
+logger = logging.getLogger(__name__)
+
+STDERR_RING_LINES = 500
+# Time a child gets to exit by itself once its stdin is closed, before SIGTERM.
+STDIN_CLOSE_GRACE = 1.0
+# How often exit is noticed; bounds how late an in-flight call learns of a death.
+EXIT_POLL_INTERVAL = 0.05
+# Variables passed through from the supervisor's environment; everything else must be declared.
+BASE_ENV_VARS = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "USER", "LOGNAME", "SHELL", "TERM")
+# Marks every process of every child; the next start kills survivors that carry a dead supervisor's mark.
+INSTANCE_ENV_VAR = "METASUP_INSTANCE"
+
+
+@dataclass(frozen=True)
+class SpawnSpec:
+    name: str
+    argv: list[str]
+    cwd: Path
+    env: Mapping[str, str]
+    stop_timeout: float = 5.0
+
+
+def child_environment(declared: Mapping[str, str], instance_id: str) -> dict[str, str]:
+    """A minimal base environment plus what the config declares: no secret leaks by default."""
+    env = {key: os.environ[key] for key in BASE_ENV_VARS if key in os.environ}
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(declared)
+    env[INSTANCE_ENV_VAR] = instance_id
+    return env
+
+
+@dataclass
+class StderrRing:
+    """The last lines a child wrote to stderr, kept across restarts."""
+
+    lines: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=STDERR_RING_LINES))
+
+    def add(self, line: str) -> None:
+        self.lines.append(line)
+
+    def tail(self, count: int) -> list[str]:
+        if count <= 0:
+            return []
+        return list(self.lines)[-count:]
+
+
+class ChildProcess:
+    """A running child and the in-memory streams a `ClientSession` talks through."""
+
+    def __init__(self, spec: SpawnSpec, process: Process) -> None:
+        self.spec = spec
+        self.pid = process.pid
+        self.started_at = anyio.current_time()
+        self._process = process
+        self.exited = anyio.Event()
+        self.garbage_lines = 0
+        self.last_garbage: str | None = None
+
+    @property
+    def returncode(self) -> int | None:
+        return self._process.returncode
+
+    def signal_group(self, sig: signal.Signals) -> None:
+        """Signal the child's whole process group; a group already gone is fine."""
+        with suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, sig)
+
+    async def stop(self, stop_timeout: float) -> int | None:
+        """Close stdin, grace, SIGTERM to the group, `stop_timeout`, SIGKILL to the group; always reap."""
+        with anyio.CancelScope(shield=True):
+            if self._process.stdin is not None:
+                with suppress(OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    await self._process.stdin.aclose()
+            if not await self._wait_exit(STDIN_CLOSE_GRACE):
+                self.signal_group(signal.SIGTERM)
+                if not await self._wait_exit(stop_timeout):
+                    self.signal_group(signal.SIGKILL)
+                    await self._wait_exit(2.0)
+            # The leader is gone; descendants left in its group (a forked helper) go too.
+            self.signal_group(signal.SIGKILL)
+            return self.returncode
+
+    async def _wait_exit(self, timeout: float) -> bool:
+        # Not process.wait(): it also waits for pipe EOF, which a grandchild holding the
+        # pipes would delay forever.
+        with anyio.move_on_after(timeout):
+            await self.exited.wait()
+        return self.exited.is_set()
+
+    async def _watch_exit(self) -> None:
+        while self._process.returncode is None:
+            await anyio.sleep(EXIT_POLL_INTERVAL)
+        self.exited.set()
+
+    async def _pump_stdout(self, sink: MemoryObjectSendStream[SessionMessage | Exception]) -> None:
+        assert self._process.stdout is not None
+        async with sink:
+            buffer = ""
+            with suppress(anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
+                async for chunk in TextReceiveStream(self._process.stdout, errors="replace"):
+                    lines = (buffer + chunk).split("\n")
+                    buffer = lines.pop()
+                    for line in lines:
+                        if not line.strip():
+                            continue
+                        message = self._parse(line)
+                        if message is not None:
+                            await sink.send(message)
+
+    def _parse(self, line: str) -> SessionMessage | None:
+        try:
+            return SessionMessage(types.jsonrpc_message_adapter.validate_json(line, by_name=False))
+        except ValueError:
+            self.garbage_lines += 1
+            self.last_garbage = line[:200]
+            logger.warning("%s wrote a non-JSON-RPC line on stdout (dropped): %.200s", self.spec.name, line)
+            return None
+
+    async def _pump_stdin(self, source: MemoryObjectReceiveStream[SessionMessage]) -> None:
+        assert self._process.stdin is not None
+        with suppress(anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
+            async with source:
+                async for message in source:
+                    data = message.message.model_dump_json(by_alias=True, exclude_unset=True) + "\n"
+                    await self._process.stdin.send(data.encode())
+
+    async def _drain_stderr(self, on_line: Callable[[str], None]) -> None:
+        assert self._process.stderr is not None
+        buffer = ""
+        with suppress(anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
+            async for chunk in TextReceiveStream(self._process.stderr, errors="replace"):
+                lines = (buffer + chunk).split("\n")
+                buffer = lines.pop()
+                for line in lines:
+                    on_line(line)
+        if buffer:
+            on_line(buffer)
+
+
+@dataclass
+class ChildStreams:
+    process: ChildProcess
+    read: MemoryObjectReceiveStream[SessionMessage | Exception]
+    write: MemoryObjectSendStream[SessionMessage]
+
+
+@asynccontextmanager
+async def spawn_child(spec: SpawnSpec, on_stderr_line: Callable[[str], None]) -> AsyncIterator[ChildStreams]:
+    """Start the child and its pumps; on exit from the block, stop it and reap it, whatever happened."""
+    process = await anyio.open_process(
+        spec.argv,
+        cwd=spec.cwd,
+        env=dict(spec.env),
+        start_new_session=True,  # its own process group: one signal reaches the whole tree
+    )
+    child = ChildProcess(spec, process)
+    to_session_send, to_session_recv = anyio.create_memory_object_stream[SessionMessage | Exception](64)
+    from_session_send, from_session_recv = anyio.create_memory_object_stream[SessionMessage](64)
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(child._watch_exit)
+            tg.start_soon(child._pump_stdout, to_session_send)
+            tg.start_soon(child._pump_stdin, from_session_recv)
+            tg.start_soon(child._drain_stderr, on_stderr_line)
+            try:
+                yield ChildStreams(child, to_session_recv, from_session_send)
+            finally:
+                await child.stop(spec.stop_timeout)
+                tg.cancel_scope.cancel()
+    finally:
+        with anyio.CancelScope(shield=True), anyio.move_on_after(2.0):
+            for stream in (to_session_recv, from_session_send, process):
+                with suppress(Exception):
+                    await stream.aclose()

@@ -1,0 +1,102 @@
+"""`metasup-mcp` entry point: parse, dispatch, and turn known failures into exit codes.
+
+stdout belongs to the MCP wire when serving over stdio: everything here logs to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+
+import anyio
+
+from metasup_mcp import __version__
+from metasup_mcp.config import Config, ConfigError, check_executables, effective_config, load_config
+
+logger = logging.getLogger("metasup_mcp")
+
+EXIT_CONFIG = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="metasup-mcp", description="An MCP server that supervises MCP servers.")
+    parser.add_argument("--version", action="version", version=f"metasup-mcp {__version__}")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    commands = parser.add_subparsers(dest="command")
+
+    serve = commands.add_parser("serve", help="serve MCP (the default command)")
+    serve.add_argument("--config", type=Path, default=Path("servers.yaml"))
+    serve.add_argument("--transport", choices=["stdio", "http"], default="stdio")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8765)
+
+    check = commands.add_parser("check-config", help="validate servers.yaml and print the effective config")
+    check.add_argument("path", type=Path, nargs="?", default=Path("servers.yaml"))
+
+    demo = commands.add_parser("demo", help="a narrated demonstration in a temporary workspace")
+    demo.add_argument("--keep", action="store_true", help="keep the temporary workspace")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    command = args.command or "serve"
+    try:
+        if command == "check-config":
+            return check_config(args.path)
+        if command == "demo":
+            from metasup_mcp.demo import run_demo
+
+            return run_demo(keep=args.keep)
+        config_path = getattr(args, "config", Path("servers.yaml"))
+        return serve(load_config(config_path), getattr(args, "transport", "stdio"), args)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        return 130
+
+
+def check_config(path: Path) -> int:
+    config = load_config(path)
+    for warning in check_executables(config):
+        print(f"warning: {warning}", file=sys.stderr)
+    print(json.dumps(effective_config(config), indent=2))
+    return 0
+
+
+def serve(config: Config, transport: str, args: argparse.Namespace) -> int:
+    from metasup_mcp.serving import serve_http, serve_stdio
+
+    runner = serve_stdio if transport == "stdio" else serve_http
+    anyio.run(_until_signalled, runner, config, args)
+    return 0
+
+
+async def _until_signalled(runner, config: Config, args: argparse.Namespace) -> None:  # type: ignore[no-untyped-def]
+    """Run until the transport ends (stdin closed) or SIGTERM/SIGINT; either way children stop."""
+    async with anyio.create_task_group() as tg:
+
+        async def watch_signals() -> None:
+            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for signum in signals:
+                    logger.info("received %s: stopping every child, then exiting", signal.Signals(signum).name)
+                    tg.cancel_scope.cancel()
+                    return
+
+        tg.start_soon(watch_signals)
+        await runner(config, args)
+        tg.cancel_scope.cancel()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

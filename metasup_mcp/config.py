@@ -1,0 +1,312 @@
+"""The `servers.yaml` model: validation, durations and sizes, paths, and errors that name the key.
+
+`load_config(path)` returns a `Config` or raises `ConfigError`, whose lines each name the
+offending key (as a dotted path) and, where YAML gives one, the line.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]+$")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# Commands that mean "the interpreter running the supervisor", so that example children can
+# import the same `mcp` package without the user activating a virtualenv first.
+_SELF_PYTHON = {"python", "python3"}
+
+
+class ConfigError(Exception):
+    """`servers.yaml` is unusable; `problems` holds one actionable line per fault."""
+
+    def __init__(self, source: Path | str, problems: list[str]) -> None:
+        self.source = str(source)
+        self.problems = problems
+        super().__init__(f"{source}: invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+def parse_duration(value: Any) -> float:
+    """`500ms`, `10s`, `5m`, `1h` or a bare number of seconds → seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 500ms, 10s, 5m or 1h")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        match = _DURATION.match(str(value))
+        if not match:
+            raise ValueError(f"{value!r} is not a duration: use a number with ms, s, m or h (e.g. 10s)")
+        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if seconds < 0:
+        raise ValueError("a duration cannot be negative")
+    return seconds
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class HealthChecks(_Strict):
+    interval: Duration = 5.0
+    max_memory_mb: float = Field(4096, gt=0)
+    max_cpu_percent: float = Field(90, gt=0)
+    failure_threshold: int = Field(3, ge=1)
+    probe_timeout: Duration = 5.0
+
+
+class RestartSettings(_Strict):
+    """Backoff and crash-loop limits; settable globally and per server."""
+
+    backoff_initial: Duration = 1.0
+    backoff_max: Duration = 60.0
+    max_restarts: int = Field(5, ge=0)
+    restart_window: Duration = 60.0
+    stable_after: Duration = 120.0
+
+
+class RollbackSettings(_Strict):
+    enabled: bool = True
+    keep_commits: int = Field(10, ge=1)
+    backup_interval: Duration = 3600.0
+    keep_backups: int = Field(3, ge=1)
+
+
+class CheckSpec(_Strict):
+    """A verification step run after a change is applied: `builtin:py_compile` or a command."""
+
+    name: str = Field(min_length=1)
+    run: str | list[str]
+    timeout: Duration = 300.0
+
+    @field_validator("run")
+    @classmethod
+    def _non_empty(cls, run: str | list[str]) -> str | list[str]:
+        if not run:
+            raise ValueError("`run` needs a command (a list of words) or builtin:py_compile")
+        return run
+
+
+class ApprovalSettings(_Strict):
+    mode: Literal["auto", "human", "deny"] = "auto"
+    human_for: list[str] = []
+    timeout: Duration = 300.0
+    operator_token_file: Path | None = None
+
+
+class StatusHttpSettings(_Strict):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(9000, ge=0, le=65535)
+    token: str | None = None
+
+
+class ToolFilter(_Strict):
+    allow: list[str] = []
+    deny: list[str] = []
+
+
+class ServerConfig(_Strict):
+    name: str = Field(min_length=1)
+    command: str
+    args: list[str] = []
+    env: dict[str, str] = {}
+    cwd: str | None = None  # relative to the workspace
+    enabled: bool = True
+    restart_on_failure: bool = True
+    namespace: str | None = None
+    watch: list[str] = []
+    tools: ToolFilter = ToolFilter()
+    min_runtime: Duration | None = None
+    restart: RestartSettings | None = None
+    stop_timeout: Duration = 5.0
+    call_timeout: Duration = 120.0
+    call_wait: Duration = 5.0
+    handshake_timeout: Duration = 30.0
+
+    @field_validator("command")
+    @classmethod
+    def _command_given(cls, command: str) -> str:
+        if not command.strip():
+            raise ValueError("command is empty: give the program that starts this MCP server (e.g. python)")
+        return command
+
+    @field_validator("env")
+    @classmethod
+    def _expand_env(cls, env: dict[str, str]) -> dict[str, str]:
+        def expand(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name not in os.environ:
+                raise ValueError(f"${{{name}}} is not set in the supervisor's environment")
+            return os.environ[name]
+
+        return {key: _ENV_REF.sub(expand, value) for key, value in env.items()}
+
+    @property
+    def exposed_namespace(self) -> str:
+        """The tool prefix: `namespace` if set (may be ""), else the name made name-safe."""
+        if self.namespace is not None:
+            return self.namespace
+        return re.sub(r"[^A-Za-z0-9_-]", "_", self.name)
+
+    @property
+    def executable(self) -> str:
+        return sys.executable if self.command in _SELF_PYTHON else self.command
+
+
+class SupervisorConfig(_Strict):
+    workspace: Path = Path(".")
+    workspace_template: Path | None = None  # copied into a workspace that does not exist yet
+    state_dir: Path = Path(".metasup")
+    min_runtime: Duration = 10.0
+    max_failures: int = Field(5, ge=1)
+    protected_paths: list[str] = ["servers.yaml", "config/safety_rules.yaml", ".git/"]
+    writable_paths: list[str] = []
+    safety_rules_file: Path | None = None
+    max_file_bytes: int = Field(1024 * 1024, gt=0)
+    max_files: int = Field(100, gt=0)
+    health_checks: HealthChecks = HealthChecks()
+    restart: RestartSettings = RestartSettings()
+    rollback: RollbackSettings = RollbackSettings()
+    checks: list[CheckSpec] = [CheckSpec(name="compile", run="builtin:py_compile")]
+    approval: ApprovalSettings = ApprovalSettings()
+    status_http: StatusHttpSettings = StatusHttpSettings()
+    mcp_servers: list[ServerConfig] = []
+
+    @field_validator("mcp_servers")
+    @classmethod
+    def _unique_servers(cls, servers: list[ServerConfig]) -> list[ServerConfig]:
+        seen: dict[str, str] = {}
+        for server in servers:
+            if server.name in seen:
+                raise ValueError(f"two servers are named {server.name!r}: server names must be unique")
+            seen[server.name] = server.name
+        namespaces: dict[str, str] = {}
+        for server in servers:
+            ns = server.exposed_namespace
+            if ns and not NAME_PATTERN.match(ns):
+                raise ValueError(f"server {server.name!r}: namespace {ns!r} may only use A-Z a-z 0-9 _ -")
+            if ns and "__" in ns:
+                raise ValueError(f"server {server.name!r}: namespace {ns!r} cannot contain '__' (the separator)")
+            if ns and ns in namespaces:
+                raise ValueError(
+                    f"servers {namespaces[ns]!r} and {server.name!r} share the namespace {ns!r}: "
+                    "give one of them its own `namespace`"
+                )
+            namespaces[ns] = server.name
+        return servers
+
+    def server(self, name: str) -> ServerConfig:
+        for server in self.mcp_servers:
+            if server.name == name:
+                return server
+        raise KeyError(name)
+
+
+class Config(_Strict):
+    supervisor: SupervisorConfig
+    source: Path | None = None  # the file it was read from; always protected
+
+    @property
+    def base_dir(self) -> Path:
+        return self.source.parent if self.source else Path.cwd()
+
+
+def load_config(path: Path | str) -> Config:
+    """Read, validate and resolve a `servers.yaml`; raise `ConfigError` naming every fault."""
+    path = Path(path).resolve()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(path, [f"cannot read the file: {exc.strerror or exc}"]) from exc
+    return parse_config(text, source=path)
+
+
+def parse_config(text: str, source: Path) -> Config:
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ConfigError(source, [f"{where}not valid YAML: {getattr(exc, 'problem', exc)}"]) from exc
+    if not isinstance(data, dict) or "supervisor" not in data:
+        raise ConfigError(source, ["the file must be a mapping with a top-level `supervisor:` key"])
+    try:
+        config = Config.model_validate({**data, "source": source})
+    except ValidationError as exc:
+        lines = _key_lines(root)
+        raise ConfigError(source, [_describe(error, lines) for error in exc.errors()]) from exc
+    return _resolve_paths(config, source.parent)
+
+
+def _describe(error: Any, lines: dict[tuple[Any, ...], int]) -> str:
+    loc = tuple(error["loc"])
+    key = ".".join(f"[{part}]" if isinstance(part, int) else str(part) for part in loc).replace(".[", "[")
+    line = next((lines[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in lines), None)
+    where = f" (line {line})" if line else ""
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        message = "unknown key: remove it or check its spelling"
+    elif error["type"] == "missing":
+        message = "required key is missing"
+    return f"{key or '<top>'}{where}: {message}"
+
+
+def _key_lines(node: yaml.Node | None, loc: tuple[Any, ...] = ()) -> dict[tuple[Any, ...], int]:
+    """Map each key path in the YAML document to the 1-based line where it appears."""
+    lines: dict[tuple[Any, ...], int] = {}
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key_loc = (*loc, key_node.value)
+            lines[key_loc] = key_node.start_mark.line + 1
+            lines.update(_key_lines(value_node, key_loc))
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            item_loc = (*loc, index)
+            lines[item_loc] = item.start_mark.line + 1
+            lines.update(_key_lines(item, item_loc))
+    return lines
+
+
+def _resolve_paths(config: Config, base: Path) -> Config:
+    sup = config.supervisor
+
+    def resolve(p: Path | None) -> Path | None:
+        return None if p is None else (p if p.is_absolute() else (base / p)).resolve()
+
+    approval = sup.approval.model_copy(update={"operator_token_file": resolve(sup.approval.operator_token_file)})
+    resolved = sup.model_copy(
+        update={
+            "workspace": resolve(sup.workspace),
+            "workspace_template": resolve(sup.workspace_template),
+            "state_dir": resolve(sup.state_dir),
+            "safety_rules_file": resolve(sup.safety_rules_file),
+            "approval": approval,
+        }
+    )
+    return config.model_copy(update={"supervisor": resolved})
+
+
+def check_executables(config: Config) -> list[str]:
+    """Warnings for commands that cannot be found on PATH (not fatal: PATH may differ at run time)."""
+    warnings = []
+    for server in config.supervisor.mcp_servers:
+        if shutil.which(server.executable) is None:
+            warnings.append(f"server {server.name!r}: command {server.command!r} is not on PATH")
+    return warnings
+
+
+def effective_config(config: Config) -> dict[str, Any]:
+    """The config as the supervisor will use it, for `check-config` (JSON-safe)."""
+    return config.model_dump(mode="json")

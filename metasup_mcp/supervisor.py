@@ -65,12 +65,13 @@ class Supervisor:
         claim_instance(self.settings.state_dir, self.instance_id)
         self._started_monotonic = anyio.current_time()
         try:
-            async with anyio.create_task_group() as tg, self.manager.running(autostart=autostart):
+            async with anyio.create_task_group() as tg:
                 self._tg = tg
                 try:
-                    yield self
+                    async with self.manager.running(autostart=autostart):
+                        yield self
                 finally:
-                    tg.cancel_scope.cancel()
+                    tg.cancel_scope.cancel()  # only once every child has stopped
         finally:
             self._tg = None
             release_instance(self.settings.state_dir, self.instance_id)
@@ -97,7 +98,7 @@ class Supervisor:
     async def stop_server(self, name: str) -> dict[str, Any]:
         child = self.child(name)
         child.request_stop()
-        await child.wait_for(_at_rest, child.config.stop_timeout + 5)
+        await child.wait_for(lambda c: c.at_rest, child.config.stop_timeout + 5)
         return self.server_status(child)
 
     async def restart_server(self, name: str, wait: float = 30.0) -> dict[str, Any]:
@@ -215,10 +216,6 @@ class Supervisor:
             "supervisor": self.supervisor_block(),
             "servers": {child.name: self.server_status(child) for child in children},
         }
-
-
-def _at_rest(child: ManagedChild) -> bool:
-    return child.state in (ChildState.STOPPED, ChildState.EXITED, ChildState.FATAL)
 
 
 def _settled_after_start(child: ManagedChild) -> bool:

@@ -18,6 +18,7 @@ from typing import Any, Literal
 import anyio
 import mcp_types as types
 from mcp import ClientSession
+from mcp.client.session import ElicitationFnT, LoggingFnT, SamplingFnT
 from mcp.shared.exceptions import MCPError
 
 from metasup_mcp.children.health import HealthFigures, HealthLimits, HealthTracker, TreeSampler
@@ -54,6 +55,20 @@ class Supervision:
     min_runtime: float
     health: HealthChecks
     restart: RestartSettings
+
+
+@dataclass
+class SessionHooks:
+    """Callbacks a child's MCP session forwards to (set by the gateway before children start).
+
+    `None` leaves the capability unadvertised to the child (no sampling, no elicitation).
+    """
+
+    sampling: SamplingFnT | None = None
+    elicitation: ElicitationFnT | None = None
+    logging: LoggingFnT | None = None
+    # Every other server notification of a live session (progress, list_changed, ...).
+    notification: Callable[[ManagedChild, Any], Awaitable[None]] | None = None
 
 
 @dataclass
@@ -101,8 +116,8 @@ class ManagedChild:
         self._wake = anyio.Event()  # a request arrived; replaced once consumed
         self._changed = anyio.Event()  # replaced on every state change; see wait_for()
         self._stop_incarnation: anyio.Event | None = None
-        # Hook for the gateway: each server notification of a live session.
-        self.on_notification: Callable[[ManagedChild, Any], Awaitable[None]] | None = None
+        self.hooks = SessionHooks()
+        self.supervising = False
 
     @property
     def state(self) -> ChildState:
@@ -145,11 +160,22 @@ class ManagedChild:
 
     async def supervise(self) -> None:
         """Run for the life of the supervisor, one incarnation per turn."""
-        while True:
-            await self._until_start_is_due()
-            decision = await self._run_incarnation()
-            if decision.state in (ChildState.FATAL, ChildState.EXITED):
-                self._want_running = False
+        self.supervising = True
+        try:
+            while True:
+                await self._until_start_is_due()
+                decision = await self._run_incarnation()
+                if decision.state in (ChildState.FATAL, ChildState.EXITED):
+                    self._want_running = False
+        finally:
+            # Cancelled: the incarnation's shielded cleanup has already stopped the process.
+            self.supervising = False
+            self._notify()
+
+    @property
+    def at_rest(self) -> bool:
+        """No process of this child is running, or will run without a new request."""
+        return not self.supervising or self.state in (ChildState.STOPPED, ChildState.EXITED, ChildState.FATAL)
 
     async def _until_start_is_due(self) -> None:
         while True:
@@ -227,7 +253,16 @@ class ManagedChild:
     async def _serve(self, process: ChildProcess, read: Any, write: Any, stop: anyio.Event) -> str:
         """Handshake, then watch until the process dies or a stop is asked; return the exit reason."""
         outcome: list[str] = []
-        async with ClientSession(read, write, message_handler=self._on_message) as session:
+        callbacks = {
+            key: value
+            for key, value in {
+                "sampling_callback": self.hooks.sampling,
+                "elicitation_callback": self.hooks.elicitation,
+                "logging_callback": self.hooks.logging,
+            }.items()
+            if value is not None
+        }
+        async with ClientSession(read, write, message_handler=self._on_message, **callbacks) as session:
             async with anyio.create_task_group() as tg:
 
                 def finish(why: str) -> None:
@@ -313,8 +348,8 @@ class ManagedChild:
             with anyio.move_on_after(self.config.call_timeout):
                 self.tools = await _list_all_tools(self.connection.session)
                 self._emit(ChildEvent(self.name, "tools_changed", {"tools": len(self.tools)}))
-        if self.on_notification is not None:
-            await self.on_notification(self, message)
+        if self.hooks.notification is not None:
+            await self.hooks.notification(self, message)
 
     def _on_stderr(self, line: str) -> None:
         self.stderr.add(line)

@@ -10,7 +10,6 @@ from typing import AsyncIterator
 import anyio
 
 from metasup_mcp.children.child import EventSink, ManagedChild, Supervision
-from metasup_mcp.children.state import ChildState
 from metasup_mcp.config import ServerConfig
 
 logger = logging.getLogger(__name__)
@@ -66,13 +65,9 @@ class ServerManager:
         limit = timeout if timeout is not None else max((c.config.stop_timeout for c in self), default=5) + 5
         async with anyio.create_task_group() as tg:
             for child in self:
-                tg.start_soon(child.wait_for, _at_rest, limit)
+                tg.start_soon(child.wait_for, lambda c: c.at_rest, limit)
 
     def start_all(self) -> None:
         for child in self:
             if child.config.enabled:
                 child.request_start()
-
-
-def _at_rest(child: ManagedChild) -> bool:
-    return child.state in (ChildState.STOPPED, ChildState.EXITED, ChildState.FATAL)

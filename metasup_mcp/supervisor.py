@@ -210,6 +210,24 @@ class Supervisor:
             else None,
         }
 
+    def list_changes(self, status: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        """Recent proposals, newest first, each with `id`, `title`, `status`, `verdict`, `trigger`,
+        `commit`, `created_at` and `stages` (`[{stage, at, detail}]`). Filled by the safety loop."""
+        return []
+
+    def evolution_status(self) -> dict[str, Any]:
+        """Strategy, success rate, rollbacks (total and by trigger), mean verify time."""
+        return {
+            "strategy": self.supervisor_block()["strategy"],
+            "proposals": 0,
+            "applied": 0,
+            "rolled_back": 0,
+            "rejected": 0,
+            "success_rate": None,
+            "rollbacks_by_trigger": {},
+            "mean_verify_s": None,
+        }
+
     def status(self, name: str | None = None) -> dict[str, Any]:
         children = [self.child(name)] if name else list(self.manager)
         return {

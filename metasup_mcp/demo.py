@@ -1,0 +1,131 @@
+"""`metasup-mcp demo`: a narrated tour in a temporary workspace, talking to a real supervisor.
+
+It runs `metasup-mcp serve` as a subprocess and drives it over stdio with an MCP client, the
+way Claude Desktop would. The narration goes to stdout (this process is not the MCP server).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+from mcp import ClientSession, StdioServerParameters, stdio_client
+
+EXAMPLES = Path(__file__).parent / "examples"
+
+CONFIG = """\
+supervisor:
+  workspace: workspace
+  workspace_template: {examples}
+  state_dir: state
+  min_runtime: 2s
+  max_failures: 50
+  health_checks: {{interval: 1s, probe_timeout: 2s, failure_threshold: 2}}
+  restart: {{backoff_initial: 500ms, max_restarts: 3, restart_window: 60s}}
+  status_http: {{enabled: false}}
+  mcp_servers:
+    - name: notes
+      command: python
+      args: [-u, notes.py]
+    - name: textkit
+      command: python
+      args: [-u, textkit.py]
+    - name: flaky
+      command: python
+      args: [-c, "import sys; print('flaky: cannot start, config missing', file=sys.stderr); sys.exit(1)"]
+"""
+
+
+def say(text: str) -> None:
+    print(textwrap.fill(text, width=88), flush=True)
+
+
+def step(title: str) -> None:
+    print(f"\n== {title}", flush=True)
+
+
+async def _status(session: ClientSession, name: str | None = None) -> dict[str, Any]:
+    result = await session.call_tool("server_status", {"name": name} if name else {})
+    assert result.structured_content is not None
+    return result.structured_content
+
+
+async def _until(session: ClientSession, name: str, predicate: Any, timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        server = (await _status(session, name))["servers"][name]
+        if predicate(server) or time.monotonic() > deadline:
+            return server
+        await anyio.sleep(0.2)
+
+
+async def _tour(root: Path) -> int:
+    config = root / "servers.yaml"
+    config.write_text(CONFIG.format(examples=EXAMPLES))
+    params = StdioServerParameters(
+        command=sys.executable,
+        args=["-m", "metasup_mcp.cli", "--log-level", "WARNING", "serve", "--config", str(config)],
+        env={**os.environ},
+    )
+    step("1. Start the supervisor")
+    say(f"`metasup-mcp serve` reads {config}: two example servers (notes, textkit) and one that "
+        "cannot start (flaky). We talk to it over stdio, as Claude Desktop would.")
+    async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
+        await session.initialize()
+        tools = [tool.name for tool in (await session.list_tools()).tools]
+        print(f"   tools offered: {', '.join(tools)}")
+
+        step("2. The children come up")
+        for name in ("notes", "textkit"):
+            server = await _until(session, name, lambda s: s["state"] == "running", 30)
+            print(f"   {name}: {server['state']}, pid {server['pid']}, {server['tools']} tools")
+
+        step("3. Call a child's tool through the supervisor")
+        if "notes__add_note" in tools:
+            result = await session.call_tool("notes__add_note", {"title": "demo", "body": "supervised"})
+            print(f"   notes__add_note -> {result.content[0].text if result.content else result}")
+        else:
+            notes = await _status(session, "notes")
+            say(f"   (the gateway is not enabled in this build; notes lists {notes['servers']['notes']['tools']} tools)")
+
+        step("4. Kill a child with SIGKILL and watch it come back")
+        before = (await _status(session, "textkit"))["servers"]["textkit"]
+        os.kill(before["pid"], signal.SIGKILL)
+        print(f"   killed textkit pid {before['pid']}")
+        after = await _until(
+            session, "textkit", lambda s: s["state"] == "running" and s["pid"] != before["pid"], 30
+        )
+        print(f"   textkit is {after['state']} again: new pid {after['pid']}, restarts {after['restarts']}, "
+              f"last exit: {after['last_exit']['reason'] if after['last_exit'] else '-'}")
+
+        step("5. A crash-looping child ends fatal instead of burning the CPU")
+        flaky = await _until(session, "flaky", lambda s: s["state"] == "fatal", 60)
+        print(f"   flaky: {flaky['state']} after {flaky['restarts']} restarts")
+        print(f"   last error: {flaky['last_error']}")
+        logs = await session.call_tool("server_logs", {"name": "flaky", "lines": 2})
+        print("   its stderr: " + " | ".join((logs.structured_content or {}).get("lines", [])))
+
+        step("6. Stop")
+        say("Closing the client's stdin stops the supervisor, and the supervisor stops every child: "
+            "no process is left behind.")
+    print("\nDemo finished.")
+    return 0
+
+
+def run_demo(keep: bool = False) -> int:
+    root = Path(tempfile.mkdtemp(prefix="metasup-demo-"))
+    print(f"Demo workspace: {root}")
+    try:
+        return anyio.run(_tour, root)
+    finally:
+        if not keep:
+            import shutil
+
+            shutil.rmtree(root, ignore_errors=True)

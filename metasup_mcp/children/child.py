@@ -41,6 +41,7 @@ class ChildEvent:
     server: str
     kind: EventKind
     data: dict[str, Any] = field(default_factory=dict)
+    generation: int = 0  # which incarnation of the server it is about
 
 
 EventSink = Callable[[ChildEvent], None]
@@ -173,6 +174,11 @@ class ManagedChild:
             self._notify()
 
     @property
+    def wanted(self) -> bool:
+        """Whether the supervisor means this child to be running (start asked, not stopped since)."""
+        return self._want_running
+
+    @property
     def at_rest(self) -> bool:
         """No process of this child is running, or will run without a new request."""
         return not self.supervising or self.state in (ChildState.STOPPED, ChildState.EXITED, ChildState.FATAL)
@@ -237,10 +243,10 @@ class ManagedChild:
             self.last_error = reason
         decision = self.machine.process_exited(returncode, reason)
         exit_reason = self.machine.last_exit.reason if self.machine.last_exit else reason
-        self._emit(ChildEvent(self.name, "exited", {
-            "returncode": returncode, "reason": exit_reason, "early": decision.early,
-            "requested": requested, "state": decision.state.value, "restart_in": decision.restart_in,
-        }))
+        self._event(
+            "exited", returncode=returncode, reason=exit_reason, early=decision.early,
+            requested=requested, state=decision.state.value, restart_in=decision.restart_in,
+        )
         if decision.state is ChildState.FATAL:
             policy = self.machine.policy
             self.last_error = (
@@ -295,7 +301,7 @@ class ManagedChild:
             return
         self.connection = Connection(session, process, self.generation, anyio.Event())
         self.machine.handshake_ok()
-        self._emit(ChildEvent(self.name, "started", {"pid": process.pid, "tools": len(self.tools)}))
+        self._event("started", pid=process.pid, tools=len(self.tools))
         self._notify()
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._mark_stable)
@@ -333,12 +339,12 @@ class ManagedChild:
             if verdict is not None:
                 detail = _health_detail(verdict, tracker.figures, checks)
                 logger.warning("%s: unhealthy (%s), restarting", self.name, detail)
-                self._emit(ChildEvent(self.name, "health", {"reason": verdict, "detail": detail}))
+                self._event("health", reason=verdict, detail=detail)
                 return verdict, detail
 
     async def _mark_stable(self) -> None:
         await anyio.sleep(self.machine.policy.min_runtime)
-        self._emit(ChildEvent(self.name, "stable", {"generation": self.generation}))
+        self._event("stable")
 
     async def _on_message(self, message: Any) -> None:
         if isinstance(message, Exception):
@@ -347,13 +353,16 @@ class ManagedChild:
         if isinstance(message, types.ToolListChangedNotification) and self.connection is not None:
             with anyio.move_on_after(self.config.call_timeout):
                 self.tools = await _list_all_tools(self.connection.session)
-                self._emit(ChildEvent(self.name, "tools_changed", {"tools": len(self.tools)}))
+                self._event("tools_changed", tools=len(self.tools))
         if self.hooks.notification is not None:
             await self.hooks.notification(self, message)
 
     def _on_stderr(self, line: str) -> None:
         self.stderr.add(line)
         logger.debug("[%s] %s", self.name, line)
+
+    def _event(self, kind: EventKind, **data: Any) -> None:
+        self._emit(ChildEvent(self.name, kind, data, self.generation))
 
     def _notify(self) -> None:
         self._changed.set()

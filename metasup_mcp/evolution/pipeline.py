@@ -1,0 +1,351 @@
+"""validate → approve → snapshot → write → commit → check → restart and watch → accept or roll back.
+
+One transaction at a time (a queue; the caller is told its position). Every stage is written
+to the journal before the next begins, so a supervisor killed at any point finishes or
+rolls back the transaction deterministically at its next start (`recover_pending`).
+
+Rollback triggers: `compile`, `check:<name>`, `early_exit`, `handshake`, `health:<reason>`.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import functools
+import logging
+import os
+import signal
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import anyio
+
+from metasup_mcp.children.child import ManagedChild
+from metasup_mcp.children.events import EventHub
+from metasup_mcp.children.process import child_environment
+from metasup_mcp.children.state import ChildState
+from metasup_mcp.config import SupervisorConfig
+from metasup_mcp.evolution.checks import run_checks, trigger_for
+from metasup_mcp.evolution.coordinator import decide_approval
+from metasup_mcp.evolution.proposals import ChangeSummary, Proposal, ProposalStore, new_proposal_id
+from metasup_mcp.safety.audit import AuditLog
+from metasup_mcp.safety.journal import CorruptJournal, Journal
+from metasup_mcp.safety.rules import ChangePolicy, ChangeSetError, FileChange, parse_changes, validate_changes
+from metasup_mcp.safety.workspace import Workspace, WorkspaceError
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Progress = Callable[[str], Awaitable[None]]
+# Environment switch for fault-injection tests: SIGKILL this process when the named step is reached.
+FAULT_ENV = "METASUP_FAULT_AT"
+# Time beyond handshake_timeout + min_runtime that a restarted child gets to prove itself.
+VERIFY_SLACK = 5.0
+STDERR_EVIDENCE_LINES = 20
+
+
+@dataclass(frozen=True)
+class ChangeRequest:
+    title: str
+    description: str = ""
+    steps: Sequence[str] = ()
+    changes: Sequence[dict[str, Any]] = ()
+    dry_run: bool = False
+    proposer: str | None = None
+
+
+class Pipeline:
+    def __init__(
+        self,
+        workspace: Workspace,
+        settings: SupervisorConfig,
+        policy: ChangePolicy,
+        store: ProposalStore,
+        journal: Journal,
+        audit: AuditLog,
+        children: Callable[[], Sequence[ManagedChild]],
+        events: EventHub,
+        refuse_reason: Callable[[], str | None] = lambda: None,
+    ) -> None:
+        self.workspace = workspace
+        self.settings = settings
+        self.policy = policy
+        self.store = store
+        self.journal = journal
+        self.audit = audit
+        self._children = children
+        self._events = events
+        self._refuse_reason = refuse_reason
+        self.lock = anyio.Lock()  # also taken by the on-disk guard and by manual rollbacks
+        self._waiting = 0
+
+    @property
+    def queue_length(self) -> int:
+        return self._waiting
+
+    async def propose(self, request: ChangeRequest, progress: Progress | None = None) -> Proposal:
+        say = progress or _quiet
+        proposal = Proposal(
+            id=new_proposal_id(), title=request.title, description=request.description,
+            steps=list(request.steps), dry_run=request.dry_run, proposer=request.proposer,
+        )
+        proposal.mark("queued", f"position {self._waiting + 1 if self.lock.locked() else 0}")
+        self.store.save(proposal)
+        self.audit.append("proposal", id=proposal.id, title=proposal.title, proposer=request.proposer)
+        if self.lock.locked():
+            await say(f"queued: position {self._waiting + 1}")
+        self._waiting += 1
+        entered = False
+        try:
+            async with self.lock:
+                self._waiting -= 1
+                entered = True
+                return await self._run(proposal, request, say)
+        finally:
+            if not entered:  # cancelled while waiting in the queue
+                self._waiting -= 1
+
+    async def _run(self, proposal: Proposal, request: ChangeRequest, say: Progress) -> Proposal:
+        proposal.mark("validating")
+        changes = self._validate(proposal, request)
+        if changes is None:
+            return self._finish(proposal, "rejected")
+        if request.dry_run:
+            return self._finish(proposal, "valid", "dry run: the change set passed validation")
+        proposal.mark("approving")
+        decision = decide_approval(self.settings.approval, [c.path for c in changes])
+        self.audit.append("decision", id=proposal.id, decision=decision, mode=self.settings.approval.mode)
+        if decision == "deny":
+            proposal.reasons.append("approval mode is deny: no change is applied (set approval.mode to auto or human)")
+            return self._finish(proposal, "rejected")
+        if decision == "human":
+            proposal.mark("pending_approval", "an operator must approve this change")
+            self.store.save(proposal)
+            return proposal
+        refused = self._refuse_reason()
+        if refused:
+            proposal.reasons.append(refused)
+            return self._finish(proposal, "rejected")
+        return await self._apply_and_verify(proposal, changes, say)
+
+    def _validate(self, proposal: Proposal, request: ChangeRequest) -> list[FileChange] | None:
+        try:
+            changes = parse_changes(list(request.changes))
+        except ChangeSetError as exc:
+            proposal.reasons.append(str(exc))
+            return None
+        proposal.changes = [
+            ChangeSummary(path=c.path, delete=c.delete, bytes=len(c.content.encode()) if c.content else 0)
+            for c in changes
+        ]
+        violations = validate_changes(changes, self.policy, self.workspace.root)
+        proposal.reasons.extend(f"{v.rule}: {v.path}: {v.message}" for v in violations)
+        return None if violations else changes
+
+    async def _apply_and_verify(self, proposal: Proposal, changes: list[FileChange], say: Progress) -> Proposal:
+        ws = self.workspace
+        last_good = await _io(ws.last_good) or await _io(ws.head)
+        proposal.base_commit = await _io(ws.head)
+        proposal.mark("applying")
+        self.store.save(proposal)
+        self.journal.begin(proposal.id, base=proposal.base_commit, last_good=last_good)
+        _fault_point("begin")
+        proposal.snapshot_ref = await _io(ws.snapshot, f"before {proposal.id}")
+        self.journal.step("snapshot", ref=proposal.snapshot_ref)
+        _fault_point("snapshot")
+        await say("writing the change")
+        await _io(ws.apply, changes)
+        self.journal.step("written")
+        _fault_point("written")
+        try:
+            proposal.commit = await _io(ws.commit_all, f"metasup: {proposal.title}", {"Metasup-Proposal": proposal.id})
+        except WorkspaceError as exc:
+            proposal.reasons.append(f"nothing to apply: {exc}")
+            await _io(ws.reset_to, proposal.base_commit)
+            self.journal.finish("rejected")
+            return self._finish(proposal, "rejected")
+        self.journal.step("committed", commit=proposal.commit)
+        self.audit.append("apply", id=proposal.id, commit=proposal.commit, paths=[c.path for c in changes])
+        _fault_point("committed")
+
+        started = time.monotonic()
+        proposal.mark("verifying")
+        self.store.save(proposal)
+        failure = await self._verify(proposal, changes, say)
+        proposal.verify_s = round(time.monotonic() - started, 3)
+        if failure is None:
+            await _io(ws.mark_last_good, proposal.commit)
+            self.journal.step("accepted")
+            _fault_point("accepted")
+            self.audit.append("accepted", id=proposal.id, commit=proposal.commit, verify_s=proposal.verify_s)
+            self.journal.finish("applied")
+            await self._prune()
+            return self._finish(proposal, "applied", f"verified in {proposal.verify_s:.1f}s; last good is now {proposal.commit[:12]}")
+        trigger, evidence = failure
+        await say(f"verification failed ({trigger}); rolling back to last good")
+        await self._roll_back(proposal, last_good, trigger, evidence)
+        self.journal.finish("rolled_back")
+        return self._finish(proposal, "rolled_back", f"{trigger}: rolled back to {last_good[:12]}")
+
+    async def _verify(self, proposal: Proposal, changes: list[FileChange], say: Progress) -> tuple[str, str] | None:
+        await say("running checks")
+        changed = [c.path for c in changes if not c.delete]
+        env = child_environment({}, instance_id="checks")
+        proposal.checks = await run_checks(self.settings.checks, self.workspace.root, changed, env)
+        self.journal.step("checked", ok=all(c.ok for c in proposal.checks))
+        _fault_point("checked")
+        for check in proposal.checks:
+            if not check.ok:
+                return trigger_for(check), check.output_tail
+        affected = self.affected([c.path for c in changes])
+        proposal.restarted = [child.name for child in affected]
+        if not affected:
+            return None
+        await say(f"restarting {', '.join(proposal.restarted)} and watching for min_runtime")
+        self.journal.step("restarting", servers=proposal.restarted)
+        _fault_point("restarting")
+        return await self.watch_restart(affected)
+
+    def affected(self, paths: Sequence[str]) -> list[ManagedChild]:
+        """Children whose `watch` globs match a changed path (no `watch`: every path), wanted running."""
+        chosen = []
+        for child in self._children():
+            if not (child.wanted or child.state is ChildState.FATAL):
+                continue
+            if not child.config.watch or any(_watched(path, child.config.watch) for path in paths):
+                chosen.append(child)
+        return chosen
+
+    async def watch_restart(self, children: Sequence[ManagedChild]) -> tuple[str, str] | None:
+        """Restart `children` and watch each new incarnation for `min_runtime`: None if all held."""
+        before = {child.name: child.generation for child in children}
+        by_name = {child.name: child for child in children}
+        budget = max(c.config.handshake_timeout + c.machine.policy.min_runtime for c in children) + VERIFY_SLACK
+        with self._events.subscribe() as events:
+            for child in children:
+                child.request_restart()
+            pending = set(before)
+            with anyio.move_on_after(budget):
+                async for event in events:
+                    if event.server not in pending or event.generation <= before[event.server]:
+                        continue  # the old incarnation stopping, or another server
+                    child = by_name[event.server]
+                    if event.kind == "exited":
+                        reason = str(event.data.get("reason", ""))
+                        trigger = "handshake" if reason.startswith("handshake") else "early_exit"
+                        return trigger, _evidence(child, reason)
+                    if event.kind == "health":
+                        return f"health:{event.data.get('reason')}", _evidence(child, str(event.data.get("detail")))
+                    if event.kind == "stable":
+                        pending.discard(event.server)
+                        if not pending:
+                            return None
+        names = ", ".join(sorted(pending))
+        return "handshake", f"{names}: not up and stable within {budget:g}s"
+
+    async def _roll_back(self, proposal: Proposal, last_good: str, trigger: str, evidence: str) -> None:
+        ws = self.workspace
+        assert proposal.commit is not None
+        self.journal.step("rolling_back", trigger=trigger)
+        proposal.trigger = trigger
+        proposal.reasons.append(f"{trigger}: {evidence}".strip())
+        proposal.rejected_ref = await _io(ws.keep_rejected, proposal.id, proposal.commit)
+        await _io(ws.reset_to, last_good)
+        _fault_point("rolled_back")
+        self.audit.append(
+            "rollback", id=proposal.id, trigger=trigger, bad_commit=proposal.commit, to=last_good,
+            rejected_ref=proposal.rejected_ref, evidence=evidence[-2000:],
+        )
+        affected = self.affected([c.path for c in proposal.changes])
+        for child in affected:
+            child.request_restart()
+        for child in affected:
+            await child.wait_for(lambda c: c.state is not ChildState.STARTING and c.generation > 0, 30)
+        await self._prune()
+
+    async def _prune(self) -> None:
+        try:
+            await _io(self.workspace.prune, self.settings.rollback.keep_commits)
+        except WorkspaceError as exc:
+            logger.warning("could not prune old metasup refs: %s", exc)
+
+    def _finish(self, proposal: Proposal, verdict: str, detail: str = "") -> Proposal:
+        proposal.mark(verdict, detail)  # type: ignore[arg-type]
+        self.store.save(proposal)
+        if verdict in ("rejected", "valid"):
+            self.audit.append(verdict, id=proposal.id, reasons=proposal.reasons)
+        return proposal
+
+    # -- start-up recovery ------------------------------------------------------------------
+
+    async def recover_pending(self) -> str | None:
+        """Finish or roll back a transaction a killed supervisor left; return what was done."""
+        record = self.journal.pending()
+        if record is None:
+            return None
+        if isinstance(record, CorruptJournal):
+            self.audit.append("journal_corrupt", problem=record.problem, moved_to=str(record.moved_to))
+            return f"journal unreadable ({record.problem}); moved aside"
+        ws = self.workspace
+        steps = [step.name for step in record.steps]
+        proposal = self.store.get(record.txn_id)
+        last_good = record.data.get("last_good") or await _io(ws.head)
+        base = record.data.get("base") or last_good
+        if "accepted" in steps:
+            outcome, verdict = "applied (the supervisor stopped after acceptance)", "applied"
+        elif "committed" in steps:
+            commit = next(s.data["commit"] for s in record.steps if s.name == "committed")
+            ref = await _io(ws.keep_rejected, record.txn_id, commit)
+            await _io(ws.reset_to, last_good)
+            outcome, verdict = "supervisor restarted mid-verify", "rolled_back"
+            if proposal:
+                proposal.trigger, proposal.rejected_ref, proposal.commit = "supervisor_restart", ref, commit
+        elif "snapshot" in steps:
+            snapshot = next(s.data.get("ref") for s in record.steps if s.name == "snapshot")
+            await _io(ws.reset_to, base)
+            if snapshot:
+                await _io(ws.restore_uncommitted, snapshot)
+            outcome, verdict = "supervisor restarted mid-apply; nothing was committed", "rolled_back"
+            if proposal:
+                proposal.trigger = "supervisor_restart"
+        else:
+            outcome, verdict = "supervisor restarted before anything was written", "rolled_back"
+            if proposal:
+                proposal.trigger = "supervisor_restart"
+        if proposal is not None and proposal.verdict is None:
+            proposal.reasons.append(outcome)
+            self._finish(proposal, verdict, outcome)
+        self.audit.append("recovered", id=record.txn_id, steps=steps, outcome=outcome, verdict=verdict)
+        self.journal.finish(verdict)
+        logger.warning("recovered transaction %s: %s", record.txn_id, outcome)
+        return outcome
+
+
+def _watched(path: str, globs: Sequence[str]) -> bool:
+    for glob in globs:
+        if glob.endswith("/") and path.startswith(glob):
+            return True
+        if fnmatch.fnmatch(path, glob) or path == glob:
+            return True
+    return False
+
+
+def _evidence(child: ManagedChild, reason: str) -> str:
+    tail = "\n".join(child.stderr.tail(STDERR_EVIDENCE_LINES))
+    return f"{child.name}: {reason}" + (f"\n--- stderr tail ---\n{tail}" if tail else "")
+
+
+async def _io(fn: Callable[..., T], *args: Any) -> T:
+    """Run a blocking workspace call off the event loop (children keep being served meanwhile)."""
+    return await anyio.to_thread.run_sync(functools.partial(fn, *args))
+
+
+async def _quiet(message: str) -> None:
+    logger.info("pipeline: %s", message)
+
+
+def _fault_point(step: str) -> None:
+    if os.environ.get(FAULT_ENV) == step:
+        logger.error("fault injection: SIGKILL at pipeline step %r", step)
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -10,17 +10,17 @@ Rollback triggers: `compile`, `check:<name>`, `early_exit`, `handshake`, `health
 from __future__ import annotations
 
 import fnmatch
-import functools
 import logging
 import os
 import signal
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import anyio
 
+from metasup_mcp.aio import blocking as _io
 from metasup_mcp.children.child import ManagedChild
 from metasup_mcp.children.events import EventHub
 from metasup_mcp.children.process import child_environment
@@ -36,7 +36,6 @@ from metasup_mcp.safety.workspace import Workspace, WorkspaceError
 
 logger = logging.getLogger(__name__)
 
-T = TypeVar("T")
 Progress = Callable[[str], Awaitable[None]]
 # Environment switch for fault-injection tests: SIGKILL this process when the named step is reached.
 FAULT_ENV = "METASUP_FAULT_AT"
@@ -257,11 +256,8 @@ class Pipeline:
             "rollback", id=proposal.id, trigger=trigger, bad_commit=proposal.commit, to=last_good,
             rejected_ref=proposal.rejected_ref, evidence=evidence[-2000:],
         )
-        affected = self.affected([c.path for c in proposal.changes])
-        for child in affected:
-            child.request_restart()
-        for child in affected:
-            await child.wait_for(lambda c: c.state is not ChildState.STARTING and c.generation > 0, 30)
+        if proposal.restarted:  # children ran the bad code: bring them back on last good
+            await restart_and_settle(self.affected([c.path for c in proposal.changes]))
         await self._prune()
 
     async def _prune(self) -> None:
@@ -322,6 +318,17 @@ class Pipeline:
         return outcome
 
 
+async def restart_and_settle(children: Sequence[ManagedChild], timeout: float = 30.0) -> None:
+    """Restart `children` now and wait until each new incarnation is past its handshake (or failed)."""
+    before = {child.name: child.generation for child in children}
+    for child in children:
+        child.request_restart()
+    for child in children:
+        await child.wait_for(
+            lambda c: c.generation > before[c.name] and c.state is not ChildState.STARTING, timeout
+        )
+
+
 def _watched(path: str, globs: Sequence[str]) -> bool:
     for glob in globs:
         if glob.endswith("/") and path.startswith(glob):
@@ -334,11 +341,6 @@ def _watched(path: str, globs: Sequence[str]) -> bool:
 def _evidence(child: ManagedChild, reason: str) -> str:
     tail = "\n".join(child.stderr.tail(STDERR_EVIDENCE_LINES))
     return f"{child.name}: {reason}" + (f"\n--- stderr tail ---\n{tail}" if tail else "")
-
-
-async def _io(fn: Callable[..., T], *args: Any) -> T:
-    """Run a blocking workspace call off the event loop (children keep being served meanwhile)."""
-    return await anyio.to_thread.run_sync(functools.partial(fn, *args))
 
 
 async def _quiet(message: str) -> None:

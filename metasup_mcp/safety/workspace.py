@@ -36,6 +36,7 @@ __all__ = [
     "REF_LAST_GOOD",
     "REF_REJECTED",
     "REF_SNAPSHOTS",
+    "REF_VERIFIED",
     "CommitInfo",
     "RefInfo",
     "Workspace",
@@ -46,6 +47,7 @@ IDENTITY = ("metasup", "metasup@localhost")
 REF_LAST_GOOD = "refs/metasup/last-good"
 REF_REJECTED = "refs/metasup/rejected/"
 REF_SNAPSHOTS = "refs/metasup/snapshots/"
+REF_VERIFIED = "refs/metasup/verified/"
 _BUNDLE_GLOB = "metasup-*.bundle"
 _ZERO = "0" * 40
 # Inherited GIT_* that describe the user's git, not which repository to act on (the
@@ -426,7 +428,21 @@ class Workspace:
 
     @_mapped
     def mark_last_good(self, commit: str) -> None:
-        self._git("update-ref", REF_LAST_GOOD, self._resolve(commit))
+        """Move last good, and remember the commit as verified (a rollback target later)."""
+        sha = self._resolve(commit)
+        self._git("update-ref", REF_LAST_GOOD, sha)
+        if sha not in self.verified_commits():
+            self._create_ref(REF_VERIFIED + _stamp(), sha)
+
+    @_mapped
+    def verified_commits(self) -> list[str]:
+        """Commits that were once last good, newest first (bounded by `prune`)."""
+        return list(dict.fromkeys(r.sha for r in self.list_refs(REF_VERIFIED)))
+
+    @_mapped
+    def resolve(self, rev: str) -> str:
+        """The full sha of a commit named by `rev` (a sha, a prefix, a ref)."""
+        return self._resolve(rev)
 
     @_mapped
     def keep_rejected(self, proposal_id: str, commit: str) -> str:
@@ -451,10 +467,11 @@ class Workspace:
 
     @_mapped
     def prune(self, keep: int) -> list[str]:
-        """Keep the newest `keep` refs under rejected/ and under snapshots/; return the deleted."""
+        """Keep the newest `keep` refs under rejected/, snapshots/ and verified/; return the deleted."""
         if keep < 0:
             raise ValueError("keep must be >= 0")
-        doomed = [r.name for prefix in (REF_REJECTED, REF_SNAPSHOTS) for r in self.list_refs(prefix)[keep:]]
+        prefixes = (REF_REJECTED, REF_SNAPSHOTS, REF_VERIFIED)
+        doomed = [r.name for prefix in prefixes for r in self.list_refs(prefix)[keep:]]
         if doomed:
             self._git("update-ref", "--stdin", input="".join(f"delete {r}\n" for r in doomed).encode("utf-8"))
         return doomed

@@ -1,0 +1,226 @@
+"""`ChangeService`: the safety loop's owner — workspace, journal, audit, proposals, pipeline,
+on-disk guard and backups — opened before the children start and asked by the Supervisor.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+import metasup_mcp
+from metasup_mcp.aio import blocking
+from metasup_mcp.children.child import ManagedChild
+from metasup_mcp.children.events import EventHub
+from metasup_mcp.config import Config
+from metasup_mcp.evolution.coordinator import Performance, measure
+from metasup_mcp.evolution.pipeline import ChangeRequest, Pipeline, Progress, restart_and_settle
+from metasup_mcp.evolution.proposals import Proposal, ProposalStore
+from metasup_mcp.safety.audit import AuditLog
+from metasup_mcp.safety.guard import DiskGuard
+from metasup_mcp.safety.journal import Journal
+from metasup_mcp.safety.rules import ChangePolicy, load_safety_rules
+from metasup_mcp.safety.workspace import Workspace, WorkspaceError
+
+logger = logging.getLogger(__name__)
+
+Recorder = Callable[..., None]
+
+
+class ChangeError(Exception):
+    """A change or rollback request refused; the message says why and what to do."""
+
+
+class ChangeService:
+    def __init__(
+        self, config: Config, children: Callable[[], Sequence[ManagedChild]], events: EventHub, record: Recorder
+    ) -> None:
+        settings = config.supervisor
+        self.settings = settings
+        self._children = children
+        self._events = events
+        self._record = record
+        state = settings.state_dir
+        self.backup_dir = state / "backups"
+        self.audit = AuditLog(state / "audit.jsonl")
+        self.journal = Journal(state / "journal.json")
+        self.store = ProposalStore(state / "proposals")
+        # Protected wherever they are, if they lie inside the workspace: the supervisor's own
+        # config, state and code can never be changed by the evolution it supervises.
+        always = [settings.state_dir, Path(metasup_mcp.__file__).parent]
+        if config.source is not None:
+            always.append(config.source)
+        if settings.safety_rules_file is not None:
+            always.append(settings.safety_rules_file)
+        self.policy = ChangePolicy(
+            protected_paths=list(settings.protected_paths),
+            writable_paths=list(settings.writable_paths),
+            max_file_bytes=settings.max_file_bytes,
+            max_files=settings.max_files,
+            safety_rules=load_safety_rules(settings.safety_rules_file) if settings.safety_rules_file else [],
+            always_protected=always,
+        )
+        self.workspace: Workspace | None = None
+        self.pipeline: Pipeline | None = None
+        self.guard: DiskGuard | None = None
+        self.refuse_reason: Callable[[], str | None] = lambda: None
+
+    # -- start-up ---------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Open (or create, or restore from a bundle) the workspace and finish any interrupted change."""
+        settings = self.settings
+        excludes = _excludes_for(settings.state_dir, settings.workspace)
+        try:
+            ws = await blocking(Workspace.open_or_init, settings.workspace, excludes)
+            healthy = await blocking(ws.is_healthy)
+        except WorkspaceError as exc:
+            logger.error("workspace %s is unreadable by git (%s)", settings.workspace, exc)
+            healthy, ws = False, None
+        if not healthy:
+            ws = await self._restore_from_backup()
+        assert ws is not None
+        if await blocking(ws.last_good) is None:
+            await blocking(ws.mark_last_good, await blocking(ws.head))  # the initial state is the first good one
+        self.workspace = ws
+        self.pipeline = Pipeline(
+            ws, settings, self.policy, self.store, self.journal, self.audit, self._children, self._events,
+            refuse_reason=lambda: self.refuse_reason(),
+        )
+        self.guard = DiskGuard(ws, self.policy, self.pipeline.lock, self._events, self.audit, self._record)
+        outcome = await self.pipeline.recover_pending()
+        if outcome:
+            self._record("recovered", outcome=outcome)
+        self.audit.append("start", workspace=str(settings.workspace), head=await blocking(ws.head))
+
+    async def _restore_from_backup(self) -> Workspace:
+        try:
+            ws = await blocking(Workspace.restore_from_bundle, self.settings.workspace, self.backup_dir)
+        except WorkspaceError as exc:
+            raise ChangeError(
+                f"the workspace {self.settings.workspace} is broken and no backup could restore it ({exc}); "
+                f"look in {self.backup_dir} and the .git.broken-* folder"
+            ) from exc
+        self.audit.append("restored_from_backup", backup_dir=str(self.backup_dir))
+        self._record("restored_from_backup")
+        return ws
+
+    async def run_background(self) -> None:
+        """The on-disk guard and periodic backups, for the life of the supervisor."""
+        assert self.guard is not None
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self.guard.run)
+            if self.settings.rollback.enabled:
+                tg.start_soon(self._backups)
+
+    async def _backups(self) -> None:
+        while True:
+            try:
+                assert self.workspace is not None and self.pipeline is not None
+                async with self.pipeline.lock:
+                    await blocking(self.workspace.write_bundle, self.backup_dir, self.settings.rollback.keep_backups)
+            except WorkspaceError as exc:
+                logger.warning("backup failed: %s", exc)
+            await anyio.sleep(self.settings.rollback.backup_interval)
+
+    # -- requests ---------------------------------------------------------------------------
+
+    async def propose(self, request: ChangeRequest, progress: Progress | None = None) -> Proposal:
+        assert self.pipeline is not None
+        return await self.pipeline.propose(request, progress)
+
+    def get(self, proposal_id: str) -> Proposal:
+        proposal = self.store.get(proposal_id)
+        if proposal is None:
+            recent = ", ".join(p.id for p in self.store.list(limit=5)) or "none yet"
+            raise ChangeError(f"no change with id {proposal_id!r}; recent ones: {recent}")
+        return proposal
+
+    def list(self, status: str | None = None, limit: int = 50) -> list[Proposal]:
+        return self.store.list(status, limit)
+
+    def performance(self) -> Performance:
+        return measure(self.store.all())
+
+    async def rollback(self, target: str, reason: str) -> dict[str, Any]:
+        """Reset to a verified commit (or the initial one), saving the current state first."""
+        assert self.workspace is not None and self.pipeline is not None
+        ws = self.workspace
+        async with self.pipeline.lock:
+            current = await blocking(ws.head)
+            to = await self._resolve_target(target)
+            snapshot = await blocking(ws.snapshot, f"before rollback to {to[:12]}")
+            changed = await blocking(ws.changed_paths, to)
+            await blocking(ws.reset_to, to)
+            await blocking(ws.mark_last_good, to)
+            affected = self.pipeline.affected(changed)
+            self.audit.append("rollback", source="operator", trigger="manual", reason=reason,
+                              bad_commit=current, to=to, snapshot_ref=snapshot)
+            self._record("rollback", source="operator", trigger="manual", reason=reason, **{"from": current, "to": to})
+        await restart_and_settle(affected)
+        return {"from": current, "to": to, "snapshot_ref": snapshot, "restarted": [c.name for c in affected]}
+
+    async def _resolve_target(self, target: str) -> str:
+        ws = self.workspace
+        assert ws is not None
+        verified = await blocking(ws.verified_commits)
+        initial = await blocking(ws.initial_commit)
+        last_good = await blocking(ws.last_good)
+        if target == "last_good":
+            assert last_good is not None
+            return last_good
+        if target == "previous":
+            older = [sha for sha in verified if sha != last_good]
+            if not older:
+                raise ChangeError("there is no verified commit before last good; use rollback(target=<commit>)")
+            return older[0]
+        try:
+            sha = await blocking(ws.resolve, target)
+        except (WorkspaceError, ValueError) as exc:
+            raise ChangeError(f"{target!r} is not a commit of the workspace: {exc}") from exc
+        if sha != initial and sha not in verified:
+            raise ChangeError(
+                f"{target!r} was never verified by the supervisor; roll back only to last_good, previous, "
+                "a commit that was once last good, or the initial commit"
+            )
+        return sha
+
+    async def emergency_rollback(self) -> str | None:
+        """Part of an emergency: back to last good (or a backup when git itself fails)."""
+        assert self.workspace is not None and self.pipeline is not None
+        try:
+            async with self.pipeline.lock:
+                last_good = await blocking(self.workspace.last_good)
+                if last_good and await blocking(self.workspace.head) != last_good or await blocking(self.workspace.is_dirty):
+                    await blocking(self.workspace.snapshot, "before emergency rollback")
+                    await blocking(self.workspace.reset_to, last_good)
+                    self.audit.append("rollback", source="emergency", trigger="max_failures", to=last_good)
+                    return last_good
+                return None
+        except WorkspaceError as exc:
+            logger.error("emergency rollback failed (%s): restoring from the newest backup", exc)
+            self.workspace = await self._restore_from_backup()
+            return "backup"
+
+    # -- status -----------------------------------------------------------------------------
+
+    def commits(self) -> tuple[str | None, str | None]:
+        """(current, last good), read from git now; (None, None) before the workspace opens or if git fails."""
+        if self.workspace is None:
+            return None, None
+        try:
+            return self.workspace.head(), self.workspace.last_good()
+        except WorkspaceError:
+            return None, None
+
+
+def _excludes_for(state_dir: Path, workspace: Path) -> list[str]:
+    """The state folder, if it lies inside the workspace, must never be committed."""
+    try:
+        rel = state_dir.resolve().relative_to(workspace.resolve())
+    except ValueError:
+        return []
+    return [f"/{rel.as_posix()}/"]

@@ -39,6 +39,12 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="a narrated demonstration in a temporary workspace")
     demo.add_argument("--keep", action="store_true", help="keep the temporary workspace")
+
+    status = commands.add_parser("status", help="show a running supervisor's status (from its status endpoint)")
+    status.add_argument("--url", help="the status endpoint (default: status_http of --config, else http://127.0.0.1:9000)")
+    status.add_argument("--config", type=Path, default=Path("servers.yaml"))
+    status.add_argument("--token", help="the status_http token (default: from --config, or $METASUP_STATUS_TOKEN)")
+    status.add_argument("--json", action="store_true", help="print the status JSON instead of a table")
     return parser
 
 
@@ -57,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
             from metasup_mcp.demo import run_demo
 
             return run_demo(keep=args.keep)
+        if command == "status":
+            return status(args)
         config_path = getattr(args, "config", Path("servers.yaml"))
         return serve(load_config(config_path), getattr(args, "transport", "stdio"), args)
     except ConfigError as exc:
@@ -72,6 +80,15 @@ def check_config(path: Path) -> int:
         print(f"warning: {warning}", file=sys.stderr)
     print(json.dumps(effective_config(config), indent=2))
     return 0
+
+
+def status(args: argparse.Namespace) -> int:
+    from metasup_mcp.status_cli import StatusTarget, default_target, run_status
+
+    target = StatusTarget(args.url) if args.url else default_target(args.config)
+    if args.token:
+        target = StatusTarget(target.url, args.token, target.note)
+    return run_status(target, as_json=args.json)
 
 
 def serve(config: Config, transport: str, args: argparse.Namespace) -> int:

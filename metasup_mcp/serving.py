@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import logging
 
+import anyio
 import uvicorn
 from mcp.server.stdio import stdio_server
 
 from metasup_mcp.config import Config
+from metasup_mcp.http_status import run_status_http
 from metasup_mcp.mcp_server import SupervisorSurface
 from metasup_mcp.supervisor import Supervisor
 
@@ -18,21 +20,25 @@ logger = logging.getLogger(__name__)
 async def serve_stdio(config: Config, args: argparse.Namespace) -> None:
     """Serve until the client closes stdin; leaving the block stops every child."""
     supervisor = Supervisor(config)
-    async with supervisor.running():
+    async with supervisor.running(), anyio.create_task_group() as tg:
+        tg.start_soon(run_status_http, supervisor, config.supervisor.status_http)
         surface = SupervisorSurface(supervisor)
         server = surface.build()
         async with stdio_server() as (read, write):
             await server.run(read, write, surface.initialization_options(server))
         logger.info("client closed stdin: stopping")
+        tg.cancel_scope.cancel()
 
 
 async def serve_http(config: Config, args: argparse.Namespace) -> None:
     """Serve streamable HTTP at http://HOST:PORT/mcp until signalled."""
     supervisor = Supervisor(config)
-    async with supervisor.running():
+    async with supervisor.running(), anyio.create_task_group() as tg:
+        tg.start_soon(run_status_http, supervisor, config.supervisor.status_http)
         server = SupervisorSurface(supervisor).build()
         app = server.streamable_http_app(host=args.host)
         uv = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", lifespan="on"))
         uv.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # the CLI owns signals
         logger.info("serving MCP over streamable HTTP at http://%s:%d/mcp", args.host, args.port)
         await uv.serve()
+        tg.cancel_scope.cancel()

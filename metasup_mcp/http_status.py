@@ -1,0 +1,294 @@
+"""The status endpoint: `/supervisor/status`, `/supervisor/changes`, `/supervisor/events`,
+`/metrics` and the dashboard at `/`, served by uvicorn in the supervisor's own event loop.
+
+Everything is read from the `Supervisor` when a request arrives (handlers are `async`, so they
+run on the loop that owns the supervisor's state). The server binds 127.0.0.1:9000 unless
+`status_http` says otherwise; a non-loopback host needs a bearer `token`, which every
+endpoint then requires (the page also takes it as `?token=`, then sends it as a header).
+
+`run_status_http` never takes the supervisor down: a refused host or a port in use is logged
+and the supervisor carries on without its status page.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import json
+import logging
+import socket
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from importlib import resources
+from typing import Any
+
+import anyio
+import uvicorn
+from anyio.abc import TaskStatus
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+from starlette.routing import Route
+
+from metasup_mcp.config import StatusHttpSettings
+from metasup_mcp.metrics import render_metrics
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["build_app", "run_status_http", "bind_refusal", "status_document", "human_duration"]
+
+# How long a closing status server may take to finish its responses before it is cut off.
+SHUTDOWN_GRACE = 3.0
+RECENT_EVENTS = 10  # events carried inside the status document (newest first)
+MAX_LIMIT = 200
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+# -- documents -------------------------------------------------------------------------
+
+
+def human_duration(seconds: float | None) -> str | None:
+    """42s, 5m12s, 2h34m, 3d4h: the seed's `uptime` style."""
+    if seconds is None:
+        return None
+    total = int(seconds)
+    days, rest = divmod(total, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d{hours}h"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{secs}s"
+
+
+def recent_events(supervisor: Any, limit: int, kind: str | None = None) -> list[dict[str, Any]]:
+    """The supervisor's notable events, newest first, optionally of one kind."""
+    events = [e for e in reversed(list(supervisor.events)) if kind is None or e.get("event") == kind]
+    return events[:limit]
+
+
+def status_document(supervisor: Any) -> dict[str, Any]:
+    """The seed's shape (status, current_commit, consecutive_failures, uptime, mcp_servers) and more."""
+    current = supervisor.status()
+    block = current["supervisor"]
+    servers = current["servers"]
+    return {
+        **block,
+        "uptime": human_duration(block["uptime_s"]),
+        "mcp_servers": {name: server["state"] for name, server in servers.items()},
+        "servers": servers,
+        "evolution": supervisor.evolution_status(),
+        "recent_events": recent_events(supervisor, RECENT_EVENTS),
+        "generated_at": time.time(),
+    }
+
+
+# -- the app ---------------------------------------------------------------------------
+
+
+def build_app(supervisor: Any, token: str | None = None) -> Starlette:
+    """The ASGI app; with a `token`, every endpoint answers 401 without it."""
+
+    async def status(request: Request) -> Response:
+        return _json(status_document(supervisor))
+
+    async def changes(request: Request) -> Response:
+        return _json({"changes": supervisor.list_changes(request.query_params.get("status") or None,
+                                                         _limit(request, 50))})
+
+    async def events(request: Request) -> Response:
+        kind = request.query_params.get("event") or None
+        return _json({"events": recent_events(supervisor, _limit(request, 50), kind)})
+
+    async def metrics(request: Request) -> Response:
+        return Response(render_metrics(supervisor), media_type=CONTENT_TYPE_LATEST, headers=_NO_STORE)
+
+    async def dashboard(request: Request) -> Response:
+        return HTMLResponse(_dashboard_html(), headers={**_NO_STORE, "Referrer-Policy": "no-referrer"})
+
+    def guarded(endpoint: Endpoint, page: bool = False) -> Endpoint:
+        async def handle(request: Request) -> Response:
+            if token is not None and not _authorized(request, token, allow_query=page):
+                return _json({"error": "unauthorized: send the status_http token as 'Authorization: Bearer <token>'"},
+                             status=401, headers={"WWW-Authenticate": 'Bearer realm="metasup"'})
+            try:
+                return await endpoint(request)
+            except _BadRequest as exc:
+                return _json({"error": str(exc)}, status=400)
+
+        return handle
+
+    return Starlette(
+        routes=[
+            Route("/", guarded(dashboard, page=True)),
+            Route("/supervisor/status", guarded(status)),
+            Route("/supervisor/changes", guarded(changes)),
+            Route("/supervisor/events", guarded(events)),
+            Route("/metrics", guarded(metrics)),
+        ]
+    )
+
+
+_NO_STORE = {"Cache-Control": "no-store"}
+
+
+class _BadRequest(ValueError):
+    pass
+
+
+def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    body = json.dumps(data, default=str, separators=(",", ":"))
+    return Response(body, status_code=status, media_type="application/json", headers={**_NO_STORE, **(headers or {})})
+
+
+def _limit(request: Request, default: int) -> int:
+    raw = request.query_params.get("limit")
+    if raw is None:
+        return default
+    try:
+        return max(1, min(int(raw), MAX_LIMIT))
+    except ValueError:
+        raise _BadRequest(f"limit must be a whole number (1-{MAX_LIMIT}), got {raw!r}") from None
+
+
+def _authorized(request: Request, token: str, allow_query: bool) -> bool:
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer":
+        given = request.query_params.get("token", "") if allow_query else ""
+    return hmac.compare_digest(given.strip().encode(), token.encode())
+
+
+def _dashboard_html() -> str:
+    return resources.files("metasup_mcp").joinpath("dashboard.html").read_text(encoding="utf-8")
+
+
+# -- serving ---------------------------------------------------------------------------
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name other than localhost may resolve to anything
+
+
+def bind_refusal(settings: StatusHttpSettings) -> str | None:
+    """Why the status server must not listen as configured, or None when it may."""
+    if not is_loopback(settings.host) and not settings.token:
+        return (
+            f"status_http.host is {settings.host!r}, which is reachable from other machines, and no "
+            "status_http.token is set: set a token (every endpoint will then require it) or use host 127.0.0.1"
+        )
+    return None
+
+
+async def run_status_http(
+    supervisor: Any,
+    settings: StatusHttpSettings,
+    *,
+    task_status: TaskStatus[str | None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve the status endpoint until cancelled. With `tg.start()`, report the base URL (or None
+    when it does not serve: disabled, refused, or the port is taken)."""
+    if not settings.enabled:
+        logger.info("status page disabled (status_http.enabled: false)")
+        task_status.started(None)
+        return
+    refusal = bind_refusal(settings)
+    if refusal is not None:
+        logger.error("status page not started: %s", refusal)
+        task_status.started(None)
+        return
+    try:
+        sock = _listen(settings.host, settings.port)
+    except OSError as exc:
+        logger.warning(
+            "status page not started: cannot listen on %s:%d (%s); the supervisor carries on without it. "
+            "Stop whatever holds the port or set status_http.port to a free one",
+            settings.host, settings.port, exc.strerror or exc,
+        )
+        task_status.started(None)
+        return
+    url = _base_url(sock)
+    server = _QuietServer(
+        uvicorn.Config(
+            build_app(supervisor, settings.token),
+            lifespan="off",
+            log_config=None,  # no handlers of uvicorn's own: its default access log writes to stdout
+            access_log=False,
+            log_level="warning",
+            timeout_graceful_shutdown=1,
+        )
+    )
+    with sock:
+        logger.info("status page at %s/ (JSON at %s/supervisor/status, metrics at %s/metrics)", url, url, url)
+        await _serve(server, sock, task_status, url)
+
+
+async def _serve(server: uvicorn.Server, sock: socket.socket, task_status: TaskStatus[str | None], url: str) -> None:
+    """Run uvicorn shielded, so that a cancellation becomes a bounded graceful shutdown."""
+    done = anyio.Event()
+    shield = anyio.CancelScope(shield=True)
+
+    async def serve() -> None:
+        with shield:
+            try:
+                await server.serve(sockets=[sock])
+            except SystemExit:  # uvicorn's reaction to a failed startup
+                logger.warning("status page stopped: uvicorn could not start")
+            finally:
+                done.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(serve)
+        task_status.started(url)
+        try:
+            await done.wait()
+        finally:
+            server.should_exit = True
+            with anyio.CancelScope(shield=True):
+                with anyio.move_on_after(SHUTDOWN_GRACE):
+                    await done.wait()
+                if not done.is_set():
+                    logger.warning("status page did not stop within %gs: cutting it off", SHUTDOWN_GRACE)
+                    server.force_exit = True
+                    shield.cancel()
+
+
+class _QuietServer(uvicorn.Server):
+    """uvicorn that leaves signals alone: the CLI owns SIGINT and SIGTERM."""
+
+    @contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+    def install_signal_handlers(self) -> None:  # uvicorn before 0.29
+        pass
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                         flags=socket.AI_PASSIVE)[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(128)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _base_url(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"

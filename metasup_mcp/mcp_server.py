@@ -1,4 +1,5 @@
-"""The upstream MCP server: the supervisor's own tools, thin wrappers over `Supervisor`.
+"""The upstream MCP server: the supervisor's own tools, thin wrappers over `Supervisor`, and the
+children's tools, resources and prompts, routed through `Supervisor.gateway`.
 
 Every result carries structured content plus a one-line text summary; every failure a
 person can act on is a tool error (isError) whose text says what to do.
@@ -13,7 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import mcp_types as types
-from mcp.server import NotificationOptions, Server, ServerRequestContext
+from mcp.server import InitializationOptions, NotificationOptions, Server, ServerRequestContext
+from mcp.server.subscriptions import ListenHandler
+from mcp.shared.exceptions import MCPError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from metasup_mcp import __version__
@@ -136,38 +139,115 @@ def tool_error(message: str, **details: Any) -> types.CallToolResult:
     )
 
 
+# The children's lists change as they come and go: every kind is announced (legacy era).
+LIST_CHANGED = NotificationOptions(tools_changed=True, resources_changed=True, prompts_changed=True)
+
+
+class _SurfaceServer(Server[Any]):
+    """Advertises listChanged on every transport, not only where the caller passes options."""
+
+    def create_initialization_options(
+        self,
+        notification_options: NotificationOptions | None = None,
+        experimental_capabilities: dict[str, dict[str, Any]] | None = None,
+        extensions: dict[str, dict[str, Any]] | None = None,
+    ) -> InitializationOptions:
+        return super().create_initialization_options(
+            notification_options or LIST_CHANGED, experimental_capabilities, extensions
+        )
+
+
 class SupervisorSurface:
     """Builds the low-level MCP `Server` that fronts one `Supervisor`."""
 
     def __init__(self, supervisor: Supervisor, tools: list[SupervisorTool] | None = None) -> None:
         self.supervisor = supervisor
         self.tools = {tool.name: tool for tool in (tools or TOOLS)}
+        self.gateway = supervisor.gateway
+        self.gateway.reserve(tools=self.tools)
 
     def build(self) -> Server[Any]:
-        return Server(
+        server = _SurfaceServer(
             "metasup-mcp",
             version=__version__,
-            instructions="Supervises child MCP servers; see server_status.",
+            instructions="Supervises child MCP servers; see server_status. Their tools appear as <server>__<tool>.",
             on_list_tools=self._list_tools,
             on_call_tool=self._call_tool,
+            on_list_resources=self._list_resources,
+            on_list_resource_templates=self._list_resource_templates,
+            on_read_resource=self._read_resource,
+            on_list_prompts=self._list_prompts,
+            on_get_prompt=self._get_prompt,
+            # 2026-07-28 clients hear of list changes only through subscriptions/listen.
+            on_subscriptions_listen=ListenHandler(self.gateway.upstream.bus),
         )
+        server.add_notification_handler("notifications/initialized", types.NotificationParams, self._initialized)
+        # Children's log messages are relayed; registered here rather than as on_set_logging_level,
+        # which warns that logging is deprecated in 2026-07-28 (it is not in the legacy era).
+        server.add_request_handler("logging/setLevel", types.SetLevelRequestParams, self._set_logging_level)
+        return server
 
     @staticmethod
     def initialization_options(server: Server[Any]) -> Any:
-        return server.create_initialization_options(NotificationOptions(tools_changed=True))
+        return server.create_initialization_options(LIST_CHANGED)
+
+    async def _initialized(self, ctx: ServerRequestContext[Any], params: types.NotificationParams) -> None:
+        self.gateway.upstream.attach(ctx.session)  # so list_changed reaches this client
+
+    async def _set_logging_level(
+        self, ctx: ServerRequestContext[Any], params: types.SetLevelRequestParams
+    ) -> types.EmptyResult:
+        self.gateway.upstream.set_level(params.level)
+        return types.EmptyResult()
 
     async def _list_tools(
         self, ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
     ) -> types.ListToolsResult:
-        return types.ListToolsResult(tools=[tool.definition() for tool in self.tools.values()])
+        self.gateway.upstream.attach(ctx.session)
+        own = [tool.definition() for tool in self.tools.values()]
+        return types.ListToolsResult(tools=[*own, *self.gateway.tools()])
+
+    async def _list_resources(
+        self, ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
+    ) -> types.ListResourcesResult:
+        return types.ListResourcesResult(resources=list(self.gateway.resources()))
+
+    async def _list_resource_templates(
+        self, ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
+    ) -> types.ListResourceTemplatesResult:
+        return types.ListResourceTemplatesResult(resource_templates=list(self.gateway.resource_templates()))
+
+    async def _read_resource(
+        self, ctx: ServerRequestContext[Any], params: types.ReadResourceRequestParams
+    ) -> dict[str, Any]:
+        result = await self.gateway.read_resource(ctx, params.uri)
+        if result is None:
+            raise MCPError(types.INVALID_PARAMS, f"unknown resource {params.uri!r}; resources/list shows them")
+        return result
+
+    async def _list_prompts(
+        self, ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
+    ) -> types.ListPromptsResult:
+        return types.ListPromptsResult(prompts=list(self.gateway.prompts()))
+
+    async def _get_prompt(self, ctx: ServerRequestContext[Any], params: types.GetPromptRequestParams) -> dict[str, Any]:
+        result = await self.gateway.get_prompt(ctx, params.name, params.arguments)
+        if result is None:
+            raise MCPError(types.INVALID_PARAMS, f"unknown prompt {params.name!r}; prompts/list shows them")
+        return result
 
     async def _call_tool(
         self, ctx: ServerRequestContext[Any], params: types.CallToolRequestParams
-    ) -> types.CallToolResult:
+    ) -> types.CallToolResult | dict[str, Any]:
         tool = self.tools.get(params.name)
         if tool is None:
-            known = ", ".join(self.tools)
-            return tool_error(f"unknown tool {params.name!r}; this server has: {known}")
+            forwarded = await self.gateway.call_tool(ctx, params.name, params.arguments)
+            if forwarded is not None:
+                return forwarded
+            return tool_error(
+                f"unknown tool {params.name!r}: neither the supervisor nor a running child server offers it; "
+                "tools/list shows what is available"
+            )
         try:
             args = tool.args.model_validate(params.arguments or {})
         except ValidationError as exc:

@@ -22,6 +22,7 @@ from metasup_mcp.children.manager import ServerManager, UnknownServer
 from metasup_mcp.children.state import ChildState
 from metasup_mcp.children.sweep import claim_instance, new_instance_id, release_instance
 from metasup_mcp.config import Config
+from metasup_mcp.gateway import Gateway
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +56,7 @@ class Supervisor:
             ),
             self._on_child_event,
         )
+        self.gateway = Gateway(self.manager, source=config.source)  # sets each child's session hooks
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -67,6 +69,7 @@ class Supervisor:
         try:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
+                tg.start_soon(self.gateway.run)
                 try:
                     async with self.manager.running(autostart=autostart):
                         yield self
@@ -144,6 +147,7 @@ class Supervisor:
         return self.supervisor_block()
 
     def _on_child_event(self, event: ChildEvent) -> None:
+        self.gateway.on_child_event(event)
         if event.kind == "exited" and event.data.get("early") and not event.data.get("requested"):
             self.consecutive_failures += 1
             self._record("failed_start", server=event.server, reason=event.data.get("reason"))
@@ -205,6 +209,7 @@ class Supervisor:
             "health": {"rss_mb": health.rss_mb, "cpu_percent": health.cpu_percent, "probe_ms": health.probe_ms},
             "last_error": child.last_error,
             "tools": len(child.tools),
+            "gateway": self.gateway.server_status(child.name),
             "next_start_in_s": round(machine.next_start_at - anyio.current_time(), 2)
             if child.state is ChildState.BACKOFF and machine.next_start_at is not None
             else None,

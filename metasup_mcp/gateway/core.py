@@ -1,0 +1,385 @@
+"""`Gateway`: the children's tools, resources and prompts, served upstream under their namespaces.
+
+Listing: every child's offer is kept in an `Offer` and merged into one `Index` (see `catalog`).
+A child's offer is re-listed after each start and whenever it says its lists changed; one that
+is stopped, exited or fatal offers nothing. `list_changed` goes upstream only when the merged
+lists differ. While a child restarts, its last offer stays listed.
+
+Routing: a call looks its exposed name up in the index (one dict lookup), takes the child's
+live connection (or waits up to `call_wait` for one) and forwards the request under the
+child's own name. The answer is passed back as the dict the SDK validated, not rebuilt into a
+model and dumped again. Every call runs in a cancel scope that ends it at `call_timeout` or
+the moment the child's process dies (a watcher per incarnation cancels the calls in flight
+when `gone` is set). A call is never retried behind the caller's back.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable
+from pathlib import Path
+from time import perf_counter
+from typing import Any
+
+import anyio
+import mcp_types as types
+from anyio.abc import TaskGroup
+from mcp.server import ServerRequestContext
+from mcp.shared.exceptions import MCPError
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+from pydantic import TypeAdapter, ValidationError
+
+from metasup_mcp.children.child import ChildEvent, Connection, ManagedChild, SessionHooks
+from metasup_mcp.children.manager import ServerManager
+from metasup_mcp.config import ConfigError
+from metasup_mcp.gateway import errors
+from metasup_mcp.gateway.catalog import ClaimBook, Index, Kind, Offer, build_index
+from metasup_mcp.gateway.errors import Unanswered
+from metasup_mcp.gateway.listing import list_offer
+from metasup_mcp.gateway.naming import address_uri, namespace_problem, resolve_uri, resource_key
+from metasup_mcp.gateway.stats import CallStats, Histogram
+from metasup_mcp.gateway.upstream import Upstream, Via
+
+logger = logging.getLogger(__name__)
+
+# The result as the SDK validated it, unconverted (no model built, none dumped again).
+_RAW: TypeAdapter[Any] = TypeAdapter(Any)
+_ELICITATION = types.ClientCapabilities(elicitation=types.ElicitationCapability())
+_SAMPLING = types.ClientCapabilities(sampling=types.SamplingCapability())
+
+
+class Gateway:
+    def __init__(self, manager: ServerManager, source: Path | str | None = None) -> None:
+        self._children: dict[str, ManagedChild] = {child.name: child for child in manager}
+        self._servers = [child.config for child in manager]
+        self._by_key = self._check_names(source)
+        self.upstream = Upstream()
+        self._offers = {name: Offer() for name in self._children}
+        self._stats = {name: CallStats() for name in self._children}
+        self._pending: dict[str, set[str]] = {name: set() for name in self._children}
+        self._wake = {name: anyio.Event() for name in self._children}
+        self._busy: set[str] = set()  # children being re-listed right now
+        self._inflight: dict[str, dict[anyio.CancelScope, tuple[Via, Connection]]] = {n: {} for n in self._children}
+        self._watched: set[tuple[str, int]] = set()  # (server, generation) with a death watcher
+        self._claims = ClaimBook()
+        self._reserved_tools: frozenset[str] = frozenset()
+        self._reserved_prompts: frozenset[str] = frozenset()
+        self._index = Index()
+        self._reported: dict[str, str | None] = {name: None for name in self._children}
+        self._tg: TaskGroup | None = None
+        for child in manager:
+            child.hooks = self._hooks_for(child)
+
+    def _check_names(self, source: Path | str | None) -> dict[str, str]:
+        """Refuse at start-up what is knowable before any child lists: see naming."""
+        problems = [p for p in map(namespace_problem, self._servers) if p]
+        by_key: dict[str, str] = {}
+        for server in self._servers:
+            key = resource_key(server)
+            if key in by_key:
+                problems.append(
+                    f"servers {by_key[key]!r} and {server.name!r} would both address their resources as "
+                    f"metasup://ns/{key}/...: give one of them its own `namespace`"
+                )
+            by_key[key] = server.name
+        if problems:
+            raise ConfigError(source or "servers.yaml", problems)
+        return by_key
+
+    # -- lifecycle and events (from the Supervisor) ----------------------------------------
+
+    async def run(self) -> None:
+        """Keep every child's offer current; runs until cancelled."""
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            try:
+                for child in self._children.values():
+                    tg.start_soon(self._keep_current, child, name=f"gateway refresh {child.name}")
+                    tg.start_soon(self._watch_rest, child, name=f"gateway watch {child.name}")
+                await anyio.sleep_forever()
+            finally:
+                self._tg = None
+
+    def on_child_event(self, event: ChildEvent) -> None:
+        if event.kind == "started":
+            self._mark(event.server, "all")
+        elif event.kind == "tools_changed":
+            self._mark(event.server, "tools")
+        elif event.kind == "exited":
+            self._mark(event.server, "state")
+
+    def reserve(self, tools: Iterable[str] = (), prompts: Iterable[str] = ()) -> None:
+        """Names the supervisor serves itself: a child offering one of them is refused it."""
+        self._reserved_tools, self._reserved_prompts = frozenset(tools), frozenset(prompts)
+        changed = self._reindex()
+        if changed and self._tg is not None:
+            self._tg.start_soon(self.upstream.announce, changed)
+
+    @property
+    def settled(self) -> bool:
+        """No re-listing is pending or running: the lists served are as current as they get."""
+        return not self._busy and not any(self._pending.values())
+
+    # -- what the upstream client lists (built once per change, served as they are) --------
+
+    def tools(self) -> list[types.Tool]:
+        return self._index.tool_list
+
+    def prompts(self) -> list[types.Prompt]:
+        return self._index.prompt_list
+
+    def resources(self) -> list[types.Resource]:
+        return self._index.resource_list
+
+    def resource_templates(self) -> list[types.ResourceTemplate]:
+        return self._index.template_list
+
+    # -- routing ---------------------------------------------------------------------------
+
+    async def call_tool(
+        self, ctx: ServerRequestContext[Any], name: str, arguments: dict[str, Any] | None
+    ) -> dict[str, Any] | None:
+        """Forward a call of an exposed tool; None if no child offers `name`.
+
+        Failures come back as tool errors (isError) whose structuredContent says which server,
+        its state, and whether and when to retry (see `errors`).
+        """
+        route = self._index.tools.get(name)
+        if route is None:
+            return None
+        child, stats = self._children[route.server], self._stats[route.server]
+        stats.calls += 1
+        started = perf_counter()
+        request = types.CallToolRequest(params=types.CallToolRequestParams(name=route.name, arguments=arguments))
+        progress = ctx.session.report_progress if _wants_progress(ctx.meta) else None
+        try:
+            raw = await self._forward(ctx, child, request, name, progress)
+        except Unanswered as failure:
+            stats.record(perf_counter() - started, error=True)
+            return errors.tool_error(failure, ctx.protocol_version)
+        except anyio.get_cancelled_exc_class():
+            stats.cancelled += 1
+            raise
+        stats.record(perf_counter() - started, error=bool(raw.get("isError")))
+        if raw.get("content"):
+            _readdress_links(raw["content"], resource_key(child.config))
+        return raw
+
+    async def read_resource(self, ctx: ServerRequestContext[Any], uri: str) -> dict[str, Any] | None:
+        """Read a re-addressed resource from its child; None if `uri` is not one of ours."""
+        resolved = resolve_uri(uri)
+        if resolved is None:
+            return None
+        key, original = resolved
+        server = self._by_key.get(key)
+        if server is None:
+            raise MCPError(types.INVALID_PARAMS, f"no server addresses its resources as {key!r}: {uri}")
+        request = types.ReadResourceRequest(params=types.ReadResourceRequestParams(uri=original))
+        raw = await self._forward_or_raise(ctx, self._children[server], request, uri)
+        for contents in raw.get("contents") or ():
+            if isinstance(contents.get("uri"), str):
+                contents["uri"] = address_uri(key, contents["uri"])
+        return raw
+
+    async def get_prompt(
+        self, ctx: ServerRequestContext[Any], name: str, arguments: dict[str, str] | None
+    ) -> dict[str, Any] | None:
+        """Get an exposed prompt from its child; None if no child offers `name`."""
+        route = self._index.prompts.get(name)
+        if route is None:
+            return None
+        request = types.GetPromptRequest(params=types.GetPromptRequestParams(name=route.name, arguments=arguments))
+        return await self._forward_or_raise(ctx, self._children[route.server], request, name)
+
+    async def _forward_or_raise(
+        self, ctx: ServerRequestContext[Any], child: ManagedChild, request: Any, what: str
+    ) -> dict[str, Any]:
+        try:
+            return await self._forward(ctx, child, request, what, None)
+        except Unanswered as failure:
+            raise MCPError(types.INTERNAL_ERROR, failure.message, failure.details) from None
+
+    async def _forward(
+        self, ctx: ServerRequestContext[Any], child: ManagedChild, request: Any, what: str, progress: Any
+    ) -> dict[str, Any]:
+        connection = child.connection
+        if connection is None or not _live(connection):
+            connection = await self._await_connection(child, what)
+        scope = anyio.CancelScope(deadline=anyio.current_time() + child.config.call_timeout)
+        calls = self._inflight[child.name]
+        calls[scope] = (Via(ctx.session, ctx.request_id), connection)
+        if self._tg is not None and (child.name, connection.generation) not in self._watched:
+            self._watched.add((child.name, connection.generation))
+            self._tg.start_soon(self._cancel_on_death, child.name, connection)
+        try:
+            with scope:
+                raw = await connection.session.send_request(request, _RAW, progress_callback=progress)
+                if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
+                    raw.setdefault("resultType", "complete")  # required from 2026-07-28; children may be older
+                return raw
+        except MCPError as exc:
+            if exc.code != types.CONNECTION_CLOSED:
+                raise errors.child_error(child, what, f"answered with an error: {exc.message}", exc.code) from None
+        except ValidationError as exc:
+            raise errors.child_error(child, what, f"sent a malformed answer ({exc.error_count()} errors)") from None
+        finally:
+            del calls[scope]
+        if scope.cancelled_caught and _live(connection):
+            raise errors.timed_out(child, what)
+        raise errors.went_away(child, what)
+
+    async def _await_connection(self, child: ManagedChild, what: str) -> Connection:
+        """The child's live connection, waiting up to `call_wait` if it is on its way back."""
+        if not child.at_rest:
+            await child.wait_for(
+                lambda c: (c.connection is not None and _live(c.connection)) or c.at_rest, child.config.call_wait
+            )
+        connection = child.connection
+        if connection is not None and _live(connection):
+            return connection
+        raise errors.unavailable(child, what)
+
+    async def _cancel_on_death(self, server: str, connection: Connection) -> None:
+        await connection.gone.wait()
+        self._watched.discard((server, connection.generation))
+        for scope, (_, owner) in list(self._inflight[server].items()):
+            if owner is connection:
+                scope.cancel()
+
+    # -- keeping the index current ---------------------------------------------------------
+
+    def _mark(self, server: str, what: str) -> None:
+        if server in self._pending:
+            self._pending[server].add(what)
+            self._wake[server].set()
+
+    async def _keep_current(self, child: ManagedChild) -> None:
+        self._mark(child.name, "all")
+        while True:
+            await self._wake[child.name].wait()
+            self._wake[child.name] = anyio.Event()
+            what, self._pending[child.name] = self._pending[child.name], set()
+            self._busy.add(child.name)
+            try:
+                offer = await self._current_offer(child, what)
+                if offer != self._offers[child.name]:
+                    self._offers[child.name] = offer
+                    changed = self._reindex()
+                    if changed:
+                        await self.upstream.announce(changed)
+                else:  # a restart cleared the child's last_error: show its naming problems again
+                    self._report(child, self._index.problems.get(child.name, []))
+            except Exception as exc:
+                logger.warning("gateway: re-listing %s failed (%s); keeping its previous offer", child.name, exc)
+            finally:
+                self._busy.discard(child.name)
+
+    async def _watch_rest(self, child: ManagedChild) -> None:
+        """Catch a child coming to rest without an event (a stop during backoff, say)."""
+        while True:
+            resting = child.at_rest
+            await child.wait_for(lambda c: c.at_rest != resting, math.inf)
+            self._mark(child.name, "state")
+
+    async def _current_offer(self, child: ManagedChild, what: set[str]) -> Offer:
+        previous = self._offers[child.name]
+        if child.at_rest:
+            return Offer()
+        connection = child.connection
+        if connection is None or not _live(connection):
+            return previous  # restarting: its tools stay listed
+        capabilities = child.server_capabilities or types.ServerCapabilities()
+        return await list_offer(connection.session, capabilities, child.tools, previous, what)
+
+    def _reindex(self) -> set[Kind]:
+        before = self._index
+        self._index = build_index(
+            self._servers, self._offers, self._reserved_tools, self._reserved_prompts, self._claims
+        )
+        for name, problems in self._index.problems.items():
+            self._report(self._children[name], problems)
+        return self._index.changed(before)
+
+    def _report(self, child: ManagedChild, problems: list[str]) -> None:
+        """Show naming problems in the server's status `last_error` and, once each, in the log."""
+        text = "; ".join(problems) or None
+        previous = self._reported[child.name]
+        if text != previous:
+            for problem in problems:
+                logger.warning("gateway: %s", problem)
+        if text is not None and child.last_error is None:
+            child.last_error = text
+        elif text is None and previous is not None and child.last_error == previous:
+            child.last_error = None
+        self._reported[child.name] = text
+
+    # -- status ----------------------------------------------------------------------------
+
+    def server_status(self, name: str) -> dict[str, Any]:
+        """Exposed tools, calls, errors and latency (count, mean, p50, p99 over recent calls)."""
+        return {
+            "exposed_tools": self._index.exposed_tools.get(name, 0),
+            **self._stats[name].summary(),
+            "problems": list(self._index.problems.get(name, [])),
+        }
+
+    def latency_histogram(self, name: str) -> Histogram:
+        """Cumulative latency buckets of `name`'s tool calls (seconds; see `stats.LATENCY_BUCKETS`)."""
+        return self._stats[name].histogram()
+
+    def recent_latencies(self, name: str) -> list[float]:
+        """The latencies (seconds) of `name`'s last tool calls, oldest first."""
+        return self._stats[name].recent_latencies()
+
+    # -- what children ask of the upstream client ------------------------------------------
+
+    def _hooks_for(self, child: ManagedChild) -> SessionHooks:
+        async def sampling(context: Any, params: types.CreateMessageRequestParams) -> Any:
+            tools_mode = params.tools is not None or params.tool_choice is not None
+            result_type = types.CreateMessageResultWithTools if tools_mode else types.CreateMessageResult
+            request = types.CreateMessageRequest(params=params)
+            return await self.upstream.ask(child.name, "sampling", request, result_type, _SAMPLING, self._via(child))
+
+        async def elicitation(context: Any, params: types.ElicitRequestParams) -> Any:
+            request = types.ElicitRequest(params=params)
+            return await self.upstream.ask(
+                child.name, "elicitation", request, types.ElicitResult, _ELICITATION, self._via(child)
+            )
+
+        async def log(params: types.LoggingMessageNotificationParams) -> None:
+            await self.upstream.log(child.name, params, self._via(child))
+
+        async def notification(_: ManagedChild, message: Any) -> None:
+            if isinstance(message, types.ResourceListChangedNotification):
+                self._mark(child.name, "resources")
+            elif isinstance(message, types.PromptListChangedNotification):
+                self._mark(child.name, "prompts")
+
+        return SessionHooks(sampling=sampling, elicitation=elicitation, logging=log, notification=notification)
+
+    def _via(self, child: ManagedChild) -> Via | None:
+        """The most recent upstream request in flight to `child`, if any."""
+        calls = self._inflight[child.name]
+        return next(reversed(calls.values()))[0] if calls else None
+
+
+def _live(connection: Connection) -> bool:
+    """Its process is still there (`exited` is seen within 50 ms; `gone` only after teardown)."""
+    return not connection.gone.is_set() and not connection.process.exited.is_set()
+
+
+def _wants_progress(meta: Any) -> bool:
+    """The caller sent a progress token (parsed `_meta` names it `progress_token`)."""
+    return bool(meta) and (meta.get("progress_token") is not None or meta.get("progressToken") is not None)
+
+
+def _readdress_links(content: list[dict[str, Any]], key: str) -> None:
+    """Point resource links and embedded resources in a tool result at their re-addressed URIs."""
+    for block in content:
+        kind = block.get("type")
+        if kind == "resource_link" and isinstance(block.get("uri"), str):
+            block["uri"] = address_uri(key, block["uri"])
+        elif kind == "resource" and isinstance(resource := block.get("resource"), dict):
+            if isinstance(resource.get("uri"), str):
+                resource["uri"] = address_uri(key, resource["uri"])

@@ -1,0 +1,52 @@
+"""Re-listing one child's resources, templates and prompts over its live session."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+import mcp_types as types
+from mcp import ClientSession
+from mcp.shared.exceptions import MCPError
+
+from metasup_mcp.gateway.catalog import Offer
+
+# Bound on one listing; on expiry the caller keeps the previous offer.
+LIST_TIMEOUT = 10.0
+
+
+async def list_offer(
+    session: ClientSession, capabilities: types.ServerCapabilities, tools: list[types.Tool], previous: Offer,
+    what: set[str],
+) -> Offer:
+    """The child's offer: `tools` as the child session last listed them, and whatever `what`
+    names ("all", "resources", "prompts") listed afresh; the rest as `previous` had it."""
+    resources, templates, prompts = previous.resources, previous.templates, previous.prompts
+    if "all" in what or "resources" in what:
+        resources, templates = (), ()
+        if capabilities.resources is not None:
+            resources = tuple(await _list_all(session.list_resources, "resources"))
+            templates = tuple(await _list_all(session.list_resource_templates, "resource_templates"))
+    if "all" in what or "prompts" in what:
+        prompts = tuple(await _list_all(session.list_prompts, "prompts")) if capabilities.prompts else ()
+    return Offer(tuple(tools), resources, templates, prompts)
+
+
+async def _list_all(method: Callable[..., Awaitable[Any]], field: str) -> list[Any]:
+    """Every page of a listing within LIST_TIMEOUT; a method the child lacks lists nothing."""
+    items: list[Any] = []
+    cursor: str | None = None
+    with anyio.fail_after(LIST_TIMEOUT):
+        while True:
+            params = types.PaginatedRequestParams(cursor=cursor) if cursor else None
+            try:
+                page = await method(params=params)
+            except MCPError as exc:
+                if exc.code == types.METHOD_NOT_FOUND:
+                    return items
+                raise
+            items.extend(getattr(page, field))
+            cursor = page.next_cursor
+            if not cursor:
+                return items

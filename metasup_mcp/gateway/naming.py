@@ -1,0 +1,93 @@
+"""How child capabilities are named upstream: pure functions, no I/O.
+
+Tools and prompts: `<namespace>__<name>` (bare `<name>` when the namespace is ""); split on
+the first `__`. Exposed names must match `[A-Za-z0-9_-]{1,64}` (what Claude Desktop and most
+clients accept); anything else is refused with a message that names the tool and a way out.
+
+Resources: `metasup://ns/<key>/<original URI, verbatim>`. The key is the server's namespace
+(or its name made name-safe where the namespace is ""); it cannot contain `/`, so the first `/`
+after the key ends it and the rest is the child's URI byte for byte. That round-trips any
+string, and a child's URI template stays a valid template: its expressions are left as they
+are, so a client expands them exactly as it would have expanded the child's own template.
+"""
+
+from __future__ import annotations
+
+import re
+from fnmatch import fnmatchcase
+
+from metasup_mcp.config import ServerConfig, ToolFilter
+
+SEPARATOR = "__"
+MAX_NAME_LENGTH = 64
+EXPOSED_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+URI_PREFIX = "metasup://ns/"
+
+
+def exposed_name(namespace: str, name: str) -> str:
+    """The upstream name of a child tool or prompt."""
+    return f"{namespace}{SEPARATOR}{name}" if namespace else name
+
+
+def split_name(exposed: str) -> tuple[str, str]:
+    """(namespace, child's name), split on the first `__`; ("", name) when there is none."""
+    namespace, sep, rest = exposed.partition(SEPARATOR)
+    return (namespace, rest) if sep else ("", exposed)
+
+
+def name_problem(server: str, kind: str, original: str, exposed: str) -> str | None:
+    """Why `exposed` cannot be offered upstream, with a way out; None when it can."""
+    if EXPOSED_NAME.match(exposed):
+        return None
+    deny = f"or add {original!r} to its `tools.deny`" if kind == "tool" else "or rename it in the server"
+    if len(exposed) > MAX_NAME_LENGTH:
+        return (
+            f"{kind} {original!r} of server {server!r} would be exposed as {exposed!r} "
+            f"({len(exposed)} characters, over the {MAX_NAME_LENGTH} that clients accept): "
+            f"give {server!r} a shorter `namespace` in servers.yaml {deny}"
+        )
+    return (
+        f"{kind} {original!r} of server {server!r} would be exposed as {exposed!r}, which has characters "
+        f"outside A-Z a-z 0-9 _ - that clients reject: {deny.removeprefix('or ')}"
+    )
+
+
+def namespace_problem(server: ServerConfig) -> str | None:
+    """A namespace so long that no tool at all could be exposed under it (knowable at start-up)."""
+    namespace = server.exposed_namespace
+    if len(namespace) + len(SEPARATOR) + 1 > MAX_NAME_LENGTH:
+        return (
+            f"server {server.name!r}: namespace {namespace!r} is {len(namespace)} characters, so every tool "
+            f"name would exceed {MAX_NAME_LENGTH}; set a shorter `namespace`"
+        )
+    return None
+
+
+def resource_key(server: ServerConfig) -> str:
+    """The path segment that addresses this server's resources (never empty, never contains `/`)."""
+    return server.exposed_namespace or re.sub(r"[^A-Za-z0-9_-]", "_", server.name)
+
+
+def address_uri(key: str, uri: str) -> str:
+    """A child's resource URI (or URI template) re-addressed under its server's key."""
+    return f"{URI_PREFIX}{key}/{uri}"
+
+
+def resolve_uri(exposed: str) -> tuple[str, str] | None:
+    """(key, child's URI) for a re-addressed URI; None for any URI the gateway did not make."""
+    if not exposed.startswith(URI_PREFIX):
+        return None
+    key, sep, uri = exposed[len(URI_PREFIX) :].partition("/")
+    if not sep or not key:
+        return None
+    return key, uri
+
+
+def allowed(tools: ToolFilter, name: str) -> bool:
+    """A child's tool passes `tools: {allow, deny}` (names or fnmatch globs of its own names).
+
+    An empty allow list allows everything; deny wins over allow.
+    """
+    if tools.allow and not any(fnmatchcase(name, pattern) for pattern in tools.allow):
+        return False
+    return not any(fnmatchcase(name, pattern) for pattern in tools.deny)

@@ -4,7 +4,7 @@ of each and their ratios to direct.
 
     .venv/bin/python bench/gateway_overhead.py                 # fixture child, 1000 calls each
     .venv/bin/python bench/gateway_overhead.py --child sdk     # an SDK (MCPServer) echo child
-    .venv/bin/python bench/gateway_overhead.py --profile out   # also cProfile the supervisor
+    .venv/bin/python bench/gateway_overhead.py --profile       # also: where the supervisor spends a call
 
 Target: through the supervisor, median <= 1.3x direct and p99 <= 2x direct. FastMCP's proxy
 (`pip install -e '.[bench]'`) is the peer; it is skipped with a note when not installed.
@@ -15,8 +15,10 @@ load hits them alike.
 from __future__ import annotations
 
 import argparse
+import collections
 import importlib.util
 import os
+import pstats
 import statistics
 import sys
 import tempfile
@@ -110,6 +112,30 @@ async def timed_calls(params: StdioServerParameters, tool: str, calls: int, warm
             return latencies
 
 
+# Where a call's time goes in the supervisor process, by the code that spends it (cProfile tottime).
+AREAS = [
+    ("idle: waiting on pipes (epoll)", ("'poll' of 'select.epoll'",)),
+    ("stdio_server thread hops (readline, write, flush)", ("run_sync_in_worker_thread", "anyio/to_thread",
+                                                          "_fileio", "threading.py", "queue.py", "'_thread.lock'")),
+    ("pydantic validation and serialisation", ("pydantic", "mcp_types", "SchemaValidator", "SchemaSerializer")),
+    ("OpenTelemetry spans", ("opentelemetry",)),
+    ("MCP SDK dispatch (server runner, dispatchers, sessions)", ("mcp/shared", "mcp/server", "mcp/client")),
+    ("metasup (gateway, child pumps, supervision)", ("metasup_mcp",)),
+    ("event loop, tasks, cancel scopes, memory streams", ("asyncio", "anyio", "selectors", "contextvars",
+                                                          "get_running_loop", "sniffio")),
+]
+
+
+def profile_areas(path: Path) -> collections.Counter[str]:
+    """Seconds spent by area, from a cProfile dump of the supervisor."""
+    spent: collections.Counter[str] = collections.Counter()
+    for (filename, _, function), (_, _, tottime, _, _) in pstats.Stats(str(path)).stats.items():  # type: ignore[attr-defined]
+        where = f"{filename}:{function}"
+        area = next((name for name, marks in AREAS if any(m in where for m in marks)), "other")
+        spent[area] += tottime
+    return spent
+
+
 def p99(values: list[float]) -> float:
     ordered = sorted(values)
     return ordered[max(0, int(len(ordered) * 0.99 + 0.5) - 1)]
@@ -134,6 +160,30 @@ async def main(args: argparse.Namespace) -> None:
         print("fastmcp: not installed (pip install -e '.[bench]'); peer leg skipped")
     verdict = statistics.median(results["metasup"]) <= 1.3 * direct_median and p99(results["metasup"]) <= 2 * direct_p99
     print(f"target (median <= 1.3x, p99 <= 2x direct): {'met' if verdict else 'missed'}")
+    if args.profile:
+        await profile_supervisor(args, plan_args=(args.child, with_fastmcp))
+
+
+async def profile_supervisor(args: argparse.Namespace, plan_args: tuple[str, bool]) -> None:
+    """Profile the supervisor leg twice (no calls, then N calls) and print the difference per call:
+    start-up and imports cancel out, what remains is what one call costs, by area."""
+    spent = []
+    for calls in (0, args.calls):
+        with tempfile.TemporaryDirectory(prefix="gateway-profile-") as tmp:
+            params, tool = legs(plan_args[0], Path(tmp), False)["metasup"]
+            dump = Path(tmp) / "supervisor.prof"
+            profiled = StdioServerParameters(
+                command=params.command, args=["-m", "cProfile", "-o", str(dump), *params.args], env=params.env
+            )
+            await timed_calls(profiled, tool, calls, 0)  # the dump is written once stdin closes
+            with anyio.fail_after(READY_TIMEOUT):
+                while not dump.exists():
+                    await anyio.sleep(0.05)
+            spent.append(profile_areas(dump))
+    per_call = {area: (spent[1][area] - spent[0][area]) / args.calls * 1e6 for area in spent[1]}
+    print("\nsupervisor process under cProfile, microseconds per call (the profiler inflates them):")
+    for area, micros in sorted(per_call.items(), key=lambda item: -item[1]):
+        print(f"  {micros:8.1f}  {area}")
 
 
 if __name__ == "__main__":
@@ -142,4 +192,5 @@ if __name__ == "__main__":
     parser.add_argument("--warmup", type=int, default=50, help="untimed calls per leg and round first")
     parser.add_argument("--rounds", type=int, default=4, help="alternate the legs this many times")
     parser.add_argument("--child", choices=["fixture", "sdk"], default="fixture")
+    parser.add_argument("--profile", action="store_true", help="then profile the supervisor leg (cProfile)")
     anyio.run(main, parser.parse_args())

@@ -1,5 +1,5 @@
-"""The gateway's pure parts: names, the resource URI scheme, filters, the merged index and
-its collision policy, and the latency figures."""
+"""The gateway's parts that need no child: names, the resource URI scheme, filters, the merged
+index and its collision policy, the latency figures, and the log-level gate of the relay."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from metasup_mcp.gateway.naming import (
     split_name,
 )
 from metasup_mcp.gateway.stats import LATENCY_BUCKETS, CallStats
+from metasup_mcp.gateway.upstream import Upstream
 
 TRICKY_URIS = [
     "notes://all",
@@ -142,3 +143,29 @@ def test_latency_figures_percentiles_and_a_cumulative_histogram() -> None:
     assert histogram.counts[LATENCY_BUCKETS.index(0.01)] == 10  # 1..10 ms
     assert list(histogram.counts) == sorted(histogram.counts)
     assert len(stats.recent_latencies()) == 100
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.mark.anyio
+async def test_child_log_messages_below_the_clients_level_are_dropped_and_carry_the_server_name() -> None:
+    sent: list[tuple[str, str | None]] = []
+
+    class Connection:  # the part of mcp.server.connection.Connection the relay uses
+        protocol_version = "2025-11-25"
+
+        async def log(self, level: str, data: object, logger: str | None = None) -> None:
+            sent.append((level, logger))
+
+    class Session:
+        _connection = Connection()
+
+    upstream, session = Upstream(), Session()
+    upstream.attach(session)  # type: ignore[arg-type]
+    upstream.set_level("warning")
+    for level in ("debug", "warning", "error"):
+        await upstream.log("notes", types.LoggingMessageNotificationParams(level=level, data="x", logger="db"), None)
+    assert sent == [("warning", "notes/db"), ("error", "notes/db")]

@@ -7,7 +7,6 @@ a real MCP `ClientSession` to its MCP surface in memory, recording what the serv
 
 from __future__ import annotations
 
-import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -139,6 +138,3 @@ def structured_error(result: types.CallToolResult) -> dict[str, Any]:
     assert result.is_error, result
     assert isinstance(result.structured_content, dict), result
     return result.structured_content
-
-
-PYTHON = sys.executable

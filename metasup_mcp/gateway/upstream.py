@@ -19,9 +19,16 @@ import weakref
 from dataclasses import dataclass
 from typing import Any, TypeVar, get_args
 
+import anyio
 import mcp_types as types
 from mcp.server.session import ServerSession
-from mcp.server.subscriptions import InMemorySubscriptionBus, PromptsListChanged, ResourcesListChanged, ToolsListChanged
+from mcp.server.subscriptions import (
+    InMemorySubscriptionBus,
+    PromptsListChanged,
+    ResourcesListChanged,
+    ServerEvent,
+    ToolsListChanged,
+)
 from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
 from mcp.shared.message import ServerMessageMetadata
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
@@ -31,7 +38,9 @@ from metasup_mcp.gateway.catalog import Kind
 
 logger = logging.getLogger(__name__)
 
-_EVENTS = {"tools": ToolsListChanged(), "prompts": PromptsListChanged(), "resources": ResourcesListChanged()}
+_EVENTS: dict[str, ServerEvent] = {
+    "tools": ToolsListChanged(), "prompts": PromptsListChanged(), "resources": ResourcesListChanged()
+}
 _ResultT = TypeVar("_ResultT", bound=BaseModel)
 _LEVELS: tuple[str, ...] = get_args(types.LoggingLevel)  # least severe first
 
@@ -112,6 +121,8 @@ class Upstream:
             return await target.send_request(request, result_type=result_type)
         except MCPError as exc:
             return exc.error
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            return _refusal(f"the client went away before answering {what} for server {server!r}")
         except ValidationError as exc:
             return _refusal(f"the client's answer to {what} for server {server!r} is malformed: {exc.error_count()} errors")
 

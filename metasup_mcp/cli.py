@@ -37,6 +37,11 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-config", help="validate servers.yaml and print the effective config")
     check.add_argument("path", type=Path, nargs="?", default=Path("servers.yaml"))
 
+    audit = commands.add_parser("audit", help="the audit log: `audit verify` checks its hash chain")
+    audit.add_argument("action", choices=["verify"])
+    audit.add_argument("--config", type=Path, default=Path("servers.yaml"))
+    audit.add_argument("--log", type=Path, help="the audit log (default: <state_dir>/audit.jsonl of --config)")
+
     demo = commands.add_parser("demo", help="a narrated demonstration in a temporary workspace")
     demo.add_argument("--keep", action="store_true", help="keep the temporary workspace")
 
@@ -63,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
             from metasup_mcp.demo import run_demo
 
             return run_demo(keep=args.keep)
+        if command == "audit":
+            return audit_verify(args.log or load_config(args.config).supervisor.state_dir / "audit.jsonl")
         if command == "status":
             return status(args)
         config_path = getattr(args, "config", Path("servers.yaml"))
@@ -80,6 +87,18 @@ def check_config(path: Path) -> int:
         print(f"warning: {warning}", file=sys.stderr)
     print(json.dumps(effective_config(config), indent=2))
     return 0
+
+
+def audit_verify(log: Path) -> int:
+    """Exit 0 when every line of the hash chain checks out, 1 naming the first bad line."""
+    from metasup_mcp.safety.audit import verify_audit_log
+
+    verdict = verify_audit_log(log)
+    if verdict.ok:
+        print(f"{log}: OK, {verdict.entries} entries, hash chain intact")
+        return 0
+    print(f"{log}: FAILED after {verdict.entries} good entries: {verdict.problem}", file=sys.stderr)
+    return 1
 
 
 def status(args: argparse.Namespace) -> int:

@@ -6,6 +6,7 @@ offending key (as a dotted path) and, where YAML gives one, the line.
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import re
 import shutil
@@ -58,17 +59,17 @@ class _Strict(BaseModel):
 
 
 class HealthChecks(_Strict):
-    interval: Duration = 5.0
+    interval: Duration = Field(5.0, gt=0)
     max_memory_mb: float = Field(4096, gt=0)
     max_cpu_percent: float = Field(90, gt=0)
     failure_threshold: int = Field(3, ge=1)
-    probe_timeout: Duration = 5.0
+    probe_timeout: Duration = Field(5.0, gt=0)
 
 
 class RestartSettings(_Strict):
     """Backoff and crash-loop limits; settable globally and per server."""
 
-    backoff_initial: Duration = 1.0
+    backoff_initial: Duration = Field(1.0, gt=0)  # the restart policy needs a positive delay
     backoff_max: Duration = 60.0
     max_restarts: int = Field(5, ge=0)
     restart_window: Duration = 60.0
@@ -158,6 +159,18 @@ class ServerConfig(_Strict):
         if self.namespace is not None:
             return self.namespace
         return re.sub(r"[^A-Za-z0-9_-]", "_", self.name)
+
+    def watches(self, path: str) -> bool:
+        """Whether a change to workspace-relative `path` concerns this server (no `watch`: all do).
+
+        A `watch` entry ending in `/` is a folder prefix; any other entry is a glob or a path.
+        """
+        if not self.watch:
+            return True
+        return any(
+            path.startswith(entry) if entry.endswith("/") else (path == entry or fnmatch.fnmatch(path, entry))
+            for entry in self.watch
+        )
 
     @property
     def executable(self) -> str:

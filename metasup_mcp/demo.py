@@ -6,6 +6,7 @@ way Claude Desktop would. The narration goes to stdout (this process is not the 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -25,7 +26,7 @@ supervisor:
   workspace: workspace
   workspace_template: {examples}
   state_dir: state
-  min_runtime: 2s
+  min_runtime: 3s
   max_failures: 50
   health_checks: {{interval: 1s, probe_timeout: 2s, failure_threshold: 2}}
   restart: {{backoff_initial: 500ms, max_restarts: 3, restart_window: 60s}}
@@ -34,17 +35,20 @@ supervisor:
     - name: notes
       command: python
       args: [-u, notes.py]
+      watch: [notes.py]
     - name: textkit
       command: python
       args: [-u, textkit.py]
+      watch: [textkit.py]
     - name: flaky
       command: python
       args: [-c, "import sys; print('flaky: cannot start, config missing', file=sys.stderr); sys.exit(1)"]
+      watch: [flaky/]
 """
 
 
-def say(text: str) -> None:
-    print(textwrap.fill(text, width=88), flush=True)
+def say(text: str, indent: str = "") -> None:
+    print(textwrap.fill(text, width=88, initial_indent=indent, subsequent_indent=indent), flush=True)
 
 
 def step(title: str) -> None:
@@ -64,6 +68,12 @@ async def _until(session: ClientSession, name: str, predicate: Any, timeout: flo
         if predicate(server) or time.monotonic() > deadline:
             return server
         await anyio.sleep(0.2)
+
+
+async def _propose(session: ClientSession, title: str, changes: list[dict[str, Any]]) -> dict[str, Any]:
+    result = await session.call_tool("propose_change", {"title": title, "changes": changes})
+    assert result.structured_content is not None, result
+    return result.structured_content
 
 
 async def _tour(root: Path) -> int:
@@ -88,12 +98,11 @@ async def _tour(root: Path) -> int:
             print(f"   {name}: {server['state']}, pid {server['pid']}, {server['tools']} tools")
 
         step("3. Call a child's tool through the supervisor")
-        if "notes__add_note" in tools:
-            result = await session.call_tool("notes__add_note", {"title": "demo", "body": "supervised"})
-            print(f"   notes__add_note -> {result.content[0].text if result.content else result}")
-        else:
-            notes = await _status(session, "notes")
-            say(f"   (the gateway is not enabled in this build; notes lists {notes['servers']['notes']['tools']} tools)")
+        tools = [tool.name for tool in (await session.list_tools()).tools]
+        print(f"   {len(tools)} tools now, the children's under their namespace: "
+              f"{', '.join(t for t in tools if '__' in t)}")
+        result = await session.call_tool("notes__add_note", {"title": "demo", "body": "supervised"})
+        print(f"   notes__add_note -> {json.dumps(result.structured_content)}")
 
         step("4. Kill a child with SIGKILL and watch it come back")
         before = (await _status(session, "textkit"))["servers"]["textkit"]
@@ -112,7 +121,32 @@ async def _tour(root: Path) -> int:
         logs = await session.call_tool("server_logs", {"name": "flaky", "lines": 2})
         print("   its stderr: " + " | ".join((logs.structured_content or {}).get("lines", [])))
 
-        step("6. Stop")
+        step("6. An agent changes a child's code: a good change is kept")
+        source = (root / "workspace" / "textkit.py").read_text()
+        shout = source.replace(
+            '\n\nif __name__ == "__main__":',
+            '\n\n@mcp.tool()\ndef shout(text: str) -> str:\n    """Upper-case the text."""\n'
+            '    return text.upper() + "!"\n\n\nif __name__ == "__main__":',
+        )
+        good = await _propose(session, "add a shout tool to textkit", [{"path": "textkit.py", "content": shout}])
+        say(f"verdict {good['verdict']}: committed {str(good['commit'])[:12]}, checks "
+            f"{', '.join(c['name'] + (' ok' if c['ok'] else ' FAILED') for c in good['checks'])}; "
+            f"restarted {', '.join(good['restarted'])} and watched it for min_runtime; it is the new last good.",
+            indent="   ")
+        if "textkit__shout" in [t.name for t in (await session.list_tools()).tools]:
+            result = await session.call_tool("textkit__shout", {"text": "it works"})
+            print(f"   textkit__shout -> {result.content[0].text if result.content else result}")
+
+        step("7. A change that breaks the server at import is rolled back automatically")
+        broken = shout.replace("import logging", "import logging\nimport no_such_module", 1)
+        bad = await _propose(session, "use a module that is not installed", [{"path": "textkit.py", "content": broken}])
+        say(f"verdict {bad['verdict']}, trigger {bad['trigger']}: the workspace is back on last good; "
+            f"the bad commit {str(bad['commit'])[:12]} stays reachable as {bad['rejected_ref']}.", indent="   ")
+        print("   evidence: " + bad["reasons"][-1].splitlines()[-1][:100])
+        textkit = await _until(session, "textkit", lambda s: s["state"] == "running", 30)
+        print(f"   textkit: {textkit['state']}, pid {textkit['pid']} — still serving the good code")
+
+        step("8. Stop")
         say("Closing the client's stdin stops the supervisor, and the supervisor stops every child: "
             "no process is left behind.")
     print("\nDemo finished.")

@@ -218,7 +218,7 @@ async def run_status_http(
         task_status.started(None)
         return
     url = _base_url(sock)
-    server = _QuietServer(
+    server = QuietServer(
         uvicorn.Config(
             build_app(supervisor, settings.token),
             lifespan="off",
@@ -263,7 +263,7 @@ async def _serve(server: uvicorn.Server, sock: socket.socket, task_status: TaskS
                     shield.cancel()
 
 
-class _QuietServer(uvicorn.Server):
+class QuietServer(uvicorn.Server):
     """uvicorn that leaves signals alone: the CLI owns SIGINT and SIGTERM."""
 
     @contextmanager

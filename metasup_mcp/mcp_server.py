@@ -21,7 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from metasup_mcp import __version__
 from metasup_mcp.children.manager import UnknownServer
-from metasup_mcp.supervisor import Supervisor, SupervisorError
+from metasup_mcp.evolution.pipeline import ChangeRequest, Progress
+from metasup_mcp.supervisor import ChangeError, Supervisor, SupervisorError
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +51,39 @@ class ReasonArgs(_Args):
     reason: str = Field("", description="Why; recorded in the audit trail")
 
 
-Handler = Callable[[Supervisor, Any], Awaitable[dict[str, Any]]]
+class ProposeArgs(_Args):
+    title: str = Field(min_length=1, description="Stage 1, the proposal: one short line")
+    description: str = Field("", description="Why this change, and what it should achieve")
+    steps: list[str] = Field([], description="Stage 2, the expansion: the concrete steps")
+    changes: list[dict[str, Any]] = Field(
+        description="Stage 3, the edit: [{path, content}] or [{path, delete: true}] "
+        "(also {file, content} and {filename, contents}); paths relative to the workspace"
+    )
+    dry_run: bool = Field(False, description="Validate only; write nothing")
+
+
+class ListChangesArgs(_Args):
+    status: str | None = Field(None, description="Only proposals in this status (e.g. applied, rolled_back)")
+    limit: int = Field(20, ge=1, le=200)
+
+
+class ChangeIdArgs(_Args):
+    id: str = Field(description="A proposal id as returned by propose_change")
+
+
+class RollbackArgs(_Args):
+    target: str = Field("last_good", description="last_good, previous, or a commit the supervisor verified")
+    reason: str = Field("", description="Why; recorded in the audit trail")
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """What a tool may need of the request beyond its arguments."""
+
+    progress: Progress
+
+
+Handler = Callable[[Supervisor, Any, ToolCall], Awaitable[dict[str, Any]]]
 
 
 @dataclass(frozen=True)
@@ -79,7 +112,27 @@ def _status_summary(result: dict[str, Any]) -> str:
     return f"supervisor {sup['status']} ({sup['consecutive_failures']} consecutive failures): {servers}"
 
 
-async def _logs(sup: Supervisor, a: LogsArgs) -> dict[str, Any]:
+async def _propose(sup: Supervisor, a: ProposeArgs, call: ToolCall) -> dict[str, Any]:
+    request = ChangeRequest(a.title, a.description, a.steps, a.changes, a.dry_run)
+    return (await sup.propose_change(request, call.progress)).result()
+
+
+def _propose_summary(r: dict[str, Any]) -> str:
+    commit = f" {r['commit'][:12]}" if r.get("commit") else ""
+    why = f": {r['reasons'][0]}" if r.get("reasons") else ""
+    return f"{r['id']}: {r['verdict']}{commit}{why}"
+
+
+async def _list_changes(sup: Supervisor, a: ListChangesArgs, call: ToolCall) -> dict[str, Any]:
+    return {"changes": sup.list_changes(a.status, a.limit)}
+
+
+def _changes_summary(r: dict[str, Any]) -> str:
+    lines = [f"{c['id']}: {c['verdict'] or c['status']} — {c['title']}" for c in r["changes"]]
+    return "\n".join(lines) or "no changes yet"
+
+
+async def _logs(sup: Supervisor, a: LogsArgs, call: ToolCall) -> dict[str, Any]:
     lines = sup.server_logs(a.name, a.lines)
     return {"name": a.name, "lines": lines}
 
@@ -90,20 +143,20 @@ TOOLS: list[SupervisorTool] = [
         "Supervisor state (mode, commits, failures, uptime) and, per child server: state, pid, uptime, "
         "restarts, last exit, health figures, last error and tool count.",
         StatusArgs,
-        lambda sup, a: _async(sup.status(a.name)),
+        lambda sup, a, _: _async(sup.status(a.name)),
         _status_summary,
     ),
     SupervisorTool(
         "start_server", "Start a stopped, exited or fatal child server and wait for its MCP handshake.",
-        NameArgs, lambda sup, a: sup.start_server(a.name), _server_line,
+        NameArgs, lambda sup, a, _: sup.start_server(a.name), _server_line,
     ),
     SupervisorTool(
         "stop_server", "Stop a child server gracefully (stdin close, SIGTERM, then SIGKILL to its process group).",
-        NameArgs, lambda sup, a: sup.stop_server(a.name), _server_line,
+        NameArgs, lambda sup, a, _: sup.stop_server(a.name), _server_line,
     ),
     SupervisorTool(
         "restart_server", "Restart a child server now (no backoff) and wait for its MCP handshake.",
-        NameArgs, lambda sup, a: sup.restart_server(a.name), _server_line,
+        NameArgs, lambda sup, a, _: sup.restart_server(a.name), _server_line,
     ),
     SupervisorTool(
         "server_logs", "The last lines a child server wrote to stderr (kept across its restarts).",
@@ -111,12 +164,42 @@ TOOLS: list[SupervisorTool] = [
     ),
     SupervisorTool(
         "emergency_stop", "Stop every child server and refuse starts until `recover` is called.",
-        ReasonArgs, lambda sup, a: sup.emergency_stop(a.reason),
+        ReasonArgs, lambda sup, a, _: sup.emergency_stop(a.reason),
         lambda r: f"supervisor {r['status']}: {r['emergency_reason']}",
     ),
     SupervisorTool(
         "recover", "Leave emergency mode and start every enabled child server again.",
-        NoArgs, lambda sup, a: sup.recover(), lambda r: f"supervisor {r['status']}, mode {r['mode']}",
+        NoArgs, lambda sup, a, _: sup.recover(), lambda r: f"supervisor {r['status']}, mode {r['mode']}",
+    ),
+    SupervisorTool(
+        "propose_change",
+        "Propose a change to the workspace the child servers run from. It is validated (paths, protected "
+        "files, size, safety rules), approved, committed, verified (compile, checks, restart of the affected "
+        "servers, min_runtime, handshake, health) and kept as last good — or rolled back automatically, the "
+        "bad commit kept reachable. Returns {id, verdict, commit, reasons, checks}.",
+        ProposeArgs, _propose, _propose_summary,
+    ),
+    SupervisorTool(
+        "list_changes", "Recent proposals, newest first, with their stage history and verdicts.",
+        ListChangesArgs, _list_changes, _changes_summary,
+    ),
+    SupervisorTool(
+        "get_change", "One proposal with its stages, checks, reasons and commits.",
+        ChangeIdArgs, lambda sup, a, _: _async(sup.get_change(a.id).model_dump(mode="json")),
+        lambda r: f"{r['id']}: {r['verdict'] or r['status']} — {r['title']}",
+    ),
+    SupervisorTool(
+        "rollback",
+        "Reset the workspace to last_good, previous, or a commit the supervisor verified; the current state "
+        "is saved first and the affected servers restart.",
+        RollbackArgs, lambda sup, a, _: sup.rollback(a.target, a.reason),
+        lambda r: f"rolled back {str(r['from'])[:12]} -> {str(r['to'])[:12]}; restarted {', '.join(r['restarted']) or 'none'}",
+    ),
+    SupervisorTool(
+        "evolution_status", "Strategy, success rate, rollbacks by trigger, mean verify time, queue length.",
+        NoArgs, lambda sup, a, _: _async(sup.evolution_status()),
+        lambda r: f"strategy {r['strategy']}: {r['applied']} applied, {r['rolled_back']} rolled back, "
+        f"{r['rejected']} rejected",
     ),
 ]
 
@@ -254,7 +337,22 @@ class SupervisorSurface:
             problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'arguments'}: {e['msg']}" for e in exc.errors())
             return tool_error(f"{tool.name}: invalid arguments: {problems}")
         try:
-            result = await tool.run(self.supervisor, args)
-        except (UnknownServer, SupervisorError) as exc:
+            result = await tool.run(self.supervisor, args, ToolCall(progress=_progress_reporter(ctx)))
+        except (UnknownServer, SupervisorError, ChangeError) as exc:
             return tool_error(f"{tool.name}: {exc}")
         return tool_result(json.loads(json.dumps(result, default=str)), tool.summary(result))
+
+
+def _progress_reporter(ctx: ServerRequestContext[Any]) -> Progress:
+    """Stage messages as progress notifications (a no-op when the caller sent no progress token)."""
+    count = 0
+
+    async def report(message: str) -> None:
+        nonlocal count
+        count += 1
+        try:
+            await ctx.session.report_progress(count, None, message)
+        except Exception:  # progress is best effort: never fail the change for it
+            logger.debug("could not send progress", exc_info=True)
+
+    return report

@@ -10,8 +10,9 @@ import uvicorn
 from mcp.server.stdio import stdio_server
 
 from metasup_mcp.config import Config
-from metasup_mcp.http_status import run_status_http
+from metasup_mcp.http_status import QuietServer, run_status_http
 from metasup_mcp.mcp_server import SupervisorSurface
+from metasup_mcp.stdin import cancellable_stdin
 from metasup_mcp.supervisor import Supervisor
 
 logger = logging.getLogger(__name__)
@@ -24,7 +25,7 @@ async def serve_stdio(config: Config, args: argparse.Namespace) -> None:
         tg.start_soon(run_status_http, supervisor, config.supervisor.status_http)
         surface = SupervisorSurface(supervisor)
         server = surface.build()
-        async with stdio_server() as (read, write):
+        async with stdio_server(stdin=cancellable_stdin()) as (read, write):  # type: ignore[arg-type]
             await server.run(read, write, surface.initialization_options(server))
         logger.info("client closed stdin: stopping")
         tg.cancel_scope.cancel()
@@ -37,8 +38,7 @@ async def serve_http(config: Config, args: argparse.Namespace) -> None:
         tg.start_soon(run_status_http, supervisor, config.supervisor.status_http)
         server = SupervisorSurface(supervisor).build()
         app = server.streamable_http_app(host=args.host)
-        uv = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", lifespan="on"))
-        uv.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # the CLI owns signals
+        uv = QuietServer(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", lifespan="on"))
         logger.info("serving MCP over streamable HTTP at http://%s:%d/mcp", args.host, args.port)
         await uv.serve()
         tg.cancel_scope.cancel()

@@ -18,15 +18,20 @@ import anyio
 from anyio.abc import TaskGroup
 
 from metasup_mcp.children.child import ChildEvent, ManagedChild, Supervision
+from metasup_mcp.children.events import EventHub
 from metasup_mcp.children.manager import ServerManager, UnknownServer
 from metasup_mcp.children.state import ChildState
 from metasup_mcp.children.sweep import claim_instance, new_instance_id, release_instance
 from metasup_mcp.config import Config
+from metasup_mcp.evolution.coordinator import select_strategy
+from metasup_mcp.evolution.pipeline import ChangeRequest, Progress
+from metasup_mcp.evolution.proposals import Proposal
+from metasup_mcp.evolution.service import ChangeError, ChangeService
 from metasup_mcp.gateway import Gateway
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Supervisor", "SupervisorError", "UnknownServer"]
+__all__ = ["ChangeError", "Supervisor", "SupervisorError", "UnknownServer"]
 
 
 class SupervisorError(Exception):
@@ -57,18 +62,27 @@ class Supervisor:
             self._on_child_event,
         )
         self.gateway = Gateway(self.manager, source=config.source)  # sets each child's session hooks
+        self.child_events = EventHub()  # live child events for the safety loop's watchers
+        self.changes = ChangeService(config, lambda: list(self.manager), self.child_events, self._record)
+        self.changes.refuse_reason = self._change_refusal
 
     # -- lifecycle ---------------------------------------------------------------------
 
     @asynccontextmanager
     async def running(self, autostart: bool = True) -> AsyncIterator[Supervisor]:
-        """Prepare the workspace, sweep orphans of a killed predecessor, run the fleet."""
+        """Prepare the workspace, finish an interrupted change, sweep orphans of a killed
+        predecessor, then run the fleet and the safety loop's watchers."""
         self._prepare_workspace()
         claim_instance(self.settings.state_dir, self.instance_id)
+        await self.changes.open()
+        assert self.changes.guard is not None
+        for child in self.manager:
+            child.before_start = self.changes.guard.before_start
         self._started_monotonic = anyio.current_time()
         try:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
+                tg.start_soon(self.changes.run_background)
                 tg.start_soon(self.gateway.run)
                 try:
                     async with self.manager.running(autostart=autostart):
@@ -94,8 +108,9 @@ class Supervisor:
     async def start_server(self, name: str, wait: float = 30.0) -> dict[str, Any]:
         child = self.child(name)
         self._refuse_in_emergency(f"start {name!r}")
+        generation = child.generation
         child.request_start()
-        await child.wait_for(_settled_after_start, wait)
+        await child.wait_for(lambda c: _started_since(c, generation), wait)
         return self.server_status(child)
 
     async def stop_server(self, name: str) -> dict[str, Any]:
@@ -140,10 +155,11 @@ class Supervisor:
         self.emergency_reason = None
         self.consecutive_failures = 0
         self._record("recover", previous_mode=was)
+        generations = {child.name: child.generation for child in self.manager}
         self.manager.start_all()
         for child in self.manager:
             if child.config.enabled:
-                await child.wait_for(_settled_after_start, 30.0)
+                await child.wait_for(lambda c: _started_since(c, generations[c.name]), 30.0)
         return self.supervisor_block()
 
     def _on_child_event(self, event: ChildEvent) -> None:
@@ -153,13 +169,39 @@ class Supervisor:
             self._record("failed_start", server=event.server, reason=event.data.get("reason"))
             if self.consecutive_failures >= self.settings.max_failures and self.mode != "emergency":
                 reason = f"{self.consecutive_failures} consecutive failed starts (max_failures)"
-                self._spawn(self.emergency_stop(reason))
+                self._spawn(self._automatic_emergency(reason))
         elif event.kind == "stable":
             self.consecutive_failures = 0
         elif event.kind == "health":
             self._record("health_restart", server=event.server, **event.data)
         if event.kind == "exited" and event.data.get("state") == ChildState.FATAL.value:
             self._record("fatal", server=event.server, reason=event.data.get("reason"))
+        self.child_events.publish(event)
+
+    async def _automatic_emergency(self, reason: str) -> None:
+        """Too many failures in a row: stop everything, then go back to last good (or a backup)."""
+        await self.emergency_stop(reason)
+        restored = await self.changes.emergency_rollback()
+        if restored:
+            self._record("rollback", source="emergency", trigger="max_failures", reason=reason, to=restored)
+        self._record("emergency_done", rolled_back_to=restored)
+
+    def _change_refusal(self) -> str | None:
+        if self.mode == "emergency":
+            return f"the supervisor is in emergency mode ({self.emergency_reason}); call `recover` first"
+        return None
+
+    # -- changes (the safety loop) -------------------------------------------------------
+
+    async def propose_change(self, request: ChangeRequest, progress: Progress | None = None) -> Proposal:
+        return await self.changes.propose(request, progress)
+
+    def get_change(self, proposal_id: str) -> Proposal:
+        return self.changes.get(proposal_id)
+
+    async def rollback(self, target: str = "last_good", reason: str = "") -> dict[str, Any]:
+        self._refuse_in_emergency("roll back")
+        return await self.changes.rollback(target, reason)
 
     def _spawn(self, coro: Any) -> None:
         if self._tg is None:
@@ -179,16 +221,17 @@ class Supervisor:
         return round(anyio.current_time() - self._started_monotonic, 1)
 
     def supervisor_block(self) -> dict[str, Any]:
+        current, last_good = self.changes.commits()
         return {
             "status": "emergency" if self.mode == "emergency" else "running",
             "mode": self.mode,
             "emergency_reason": self.emergency_reason,
-            "current_commit": None,
-            "last_good_commit": None,
+            "current_commit": current,
+            "last_good_commit": last_good,
             "consecutive_failures": self.consecutive_failures,
             "max_failures": self.settings.max_failures,
             "uptime_s": self.uptime_s(),
-            "strategy": "metamorphic" if self.consecutive_failures > 3 else "hybrid",
+            "strategy": select_strategy(self.consecutive_failures, self.changes.performance()),
             "workspace": str(self.settings.workspace),
         }
 
@@ -210,6 +253,11 @@ class Supervisor:
             "last_error": child.last_error,
             "tools": len(child.tools),
             "gateway": self.gateway.server_status(child.name),
+            # Non-JSON-RPC lines the current (or last) incarnation wrote on stdout: dropped, counted.
+            "stdout_garbage": {
+                "lines": child.process.garbage_lines if child.process else 0,
+                "last": child.process.last_garbage if child.process else None,
+            },
             "next_start_in_s": round(machine.next_start_at - anyio.current_time(), 2)
             if child.state is ChildState.BACKOFF and machine.next_start_at is not None
             else None,
@@ -217,20 +265,23 @@ class Supervisor:
 
     def list_changes(self, status: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
         """Recent proposals, newest first, each with `id`, `title`, `status`, `verdict`, `trigger`,
-        `commit`, `created_at` and `stages` (`[{stage, at, detail}]`). Filled by the safety loop."""
-        return []
+        `commit`, `created_at` and `stages` (`[{stage, at, detail}]`)."""
+        return [proposal.model_dump(mode="json") for proposal in self.changes.list(status, limit)]
 
     def evolution_status(self) -> dict[str, Any]:
         """Strategy, success rate, rollbacks (total and by trigger), mean verify time."""
+        performance = self.changes.performance()
         return {
-            "strategy": self.supervisor_block()["strategy"],
-            "proposals": 0,
-            "applied": 0,
-            "rolled_back": 0,
-            "rejected": 0,
-            "success_rate": None,
-            "rollbacks_by_trigger": {},
-            "mean_verify_s": None,
+            "strategy": select_strategy(self.consecutive_failures, performance),
+            "proposals": performance.proposals,
+            "applied": performance.applied,
+            "rolled_back": performance.rolled_back,
+            "rejected": performance.rejected,
+            "success_rate": performance.success_rate,
+            "performance_gain": performance.gain,
+            "rollbacks_by_trigger": performance.rollbacks_by_trigger,
+            "mean_verify_s": performance.mean_verify_s,
+            "queue": self.changes.pipeline.queue_length if self.changes.pipeline else 0,
         }
 
     def status(self, name: str | None = None) -> dict[str, Any]:
@@ -243,3 +294,8 @@ class Supervisor:
 
 def _settled_after_start(child: ManagedChild) -> bool:
     return child.state in (ChildState.RUNNING, ChildState.BACKOFF, ChildState.EXITED, ChildState.FATAL, ChildState.STOPPED)
+
+
+def _started_since(child: ManagedChild, generation: int) -> bool:
+    """Running, or a start asked after `generation` has settled (a stopped or fatal child has not)."""
+    return child.state is ChildState.RUNNING or (child.generation > generation and _settled_after_start(child))

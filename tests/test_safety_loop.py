@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -13,41 +11,9 @@ from metasup_mcp.children.state import ChildState
 from metasup_mcp.evolution.pipeline import ChangeRequest
 from metasup_mcp.evolution.service import ChangeError
 from metasup_mcp.supervisor import Supervisor
-from tests.conftest import ROOT
+from tests.safety_support import SERVER_SOURCE, app_config, git, served_version, with_version
 
 pytestmark = pytest.mark.anyio
-
-SERVER_SOURCE = (ROOT / "tests" / "fixtures" / "versioned.py").read_text()
-
-
-def workspace_template(tmp_path: Path) -> Path:
-    template = tmp_path / "template"
-    (template / "config").mkdir(parents=True)
-    (template / "server.py").write_text(SERVER_SOURCE)
-    (template / "config" / "safety_rules.yaml").write_text("[]\n")
-    return template
-
-
-def app_config(make_config: Any, tmp_path: Path, **overrides: Any) -> Path:
-    server = {"name": "app", "command": "python", "args": ["-u", "server.py"], "watch": ["server.py"]}
-    return make_config(tmp_path, [server], workspace_template=str(workspace_template(tmp_path)), **overrides)
-
-
-def with_version(version: str, extra: str = "") -> str:
-    return SERVER_SOURCE.replace('VERSION = "1"', f'VERSION = "{version}"\n{extra}')
-
-
-async def served_version(sup: Supervisor) -> str:
-    child = sup.child("app")
-    assert await child.wait_for(lambda c: c.state is ChildState.RUNNING and c.connection is not None, 15)
-    assert child.connection is not None
-    result = await child.connection.session.call_tool("version", {})
-    return result.content[0].text  # type: ignore[union-attr]
-
-
-def git(workspace: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=workspace, capture_output=True, text=True, check=True).stdout.strip()
-
 
 async def propose(sup: Supervisor, title: str, changes: list[dict[str, Any]], **kw: Any) -> dict[str, Any]:
     proposal = await sup.propose_change(ChangeRequest(title=title, changes=changes, **kw))

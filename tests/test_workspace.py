@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from metasup_mcp.safety.rules import FileChange
-from metasup_mcp.safety.workspace import REF_LAST_GOOD, Workspace, WorkspaceError
+from metasup_mcp.safety.workspace import REF_LAST_GOOD, REF_VERIFIED, Workspace, WorkspaceError
 
 
 @pytest.fixture(autouse=True)
@@ -190,7 +190,10 @@ def test_last_good_and_rejected_refs_round_trip(ws: Workspace) -> None:
     assert good == base
     ws.reset_to(good)
     assert ws.head() == base and ws.is_ancestor(base, bad) and not ws.is_ancestor(bad, base)
-    assert {(r.name, r.sha) for r in ws.list_refs()} == {("refs/metasup/rejected/p1", bad), (REF_LAST_GOOD, base)}
+    refs = {(r.name, r.sha) for r in ws.list_refs()}
+    verified = {(r.name, r.sha) for r in ws.list_refs(REF_VERIFIED)}
+    assert refs == {("refs/metasup/rejected/p1", bad), (REF_LAST_GOOD, base)} | verified
+    assert ws.verified_commits() == [base], "a commit once marked last good stays a rollback target"
     with pytest.raises(ValueError):
         ws.keep_rejected("../escape", bad)
 
@@ -261,7 +264,10 @@ def test_a_bundle_restores_a_repository_whose_objects_were_deleted(ws: Workspace
 
     restored = Workspace.restore_from_bundle(root, backups)
     assert restored.is_healthy() and restored.head() == good and restored.last_good() == good
-    assert {r.name for r in restored.list_refs()} == {REF_LAST_GOOD, "refs/metasup/rejected/p9", snap}
+    assert {r.name for r in restored.list_refs()} - {r.name for r in restored.list_refs(REF_VERIFIED)} == {
+        REF_LAST_GOOD, "refs/metasup/rejected/p9", snap
+    }
+    assert restored.verified_commits() == [good]
     assert git(root, "symbolic-ref", "HEAD") == "refs/heads/main"
     assert (root / "app.py").read_text() == "user edit\n" and (root / "later.txt").exists()
     assert set(restored.changed_paths("HEAD")) == {"app.py", "later.txt"}  # not .git.broken-*

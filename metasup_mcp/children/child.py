@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,7 @@ from mcp import ClientSession
 from mcp.client.session import ElicitationFnT, LoggingFnT, SamplingFnT
 from mcp.shared.exceptions import MCPError
 
-from metasup_mcp.children.health import HealthFigures, HealthLimits, HealthTracker, TreeSampler
+from metasup_mcp.children.health import HealthFigures, HealthLimits, HealthReason, HealthTracker, TreeSampler
 from metasup_mcp.children.process import ChildProcess, SpawnSpec, StderrRing, child_environment, spawn_child
 from metasup_mcp.children.state import ChildState, ChildStateMachine, ExitDecision, RestartPolicy
 from metasup_mcp.config import HealthChecks, RestartSettings, ServerConfig
@@ -110,6 +111,7 @@ class ManagedChild:
         self.last_error: str | None = None
         self.connection: Connection | None = None
         self.pid: int | None = None  # of the current or last incarnation
+        self.process: ChildProcess | None = None  # the current or last incarnation (garbage counts)
         self.server_capabilities: types.ServerCapabilities | None = None
         self.generation = 0
         self._want_running = False
@@ -118,6 +120,8 @@ class ManagedChild:
         self._changed = anyio.Event()  # replaced on every state change; see wait_for()
         self._stop_incarnation: anyio.Event | None = None
         self.hooks = SessionHooks()
+        # Runs before every spawn (the on-disk guard puts uncommitted edits on trial there).
+        self.before_start: Callable[[ManagedChild], Awaitable[None]] | None = None
         self.supervising = False
 
     @property
@@ -140,7 +144,9 @@ class ManagedChild:
     # -- requests (from the manager) -----------------------------------------------------
 
     def request_start(self) -> None:
-        self._want_running = self._start_now = True
+        self._want_running = True
+        # Skip what is left of a backoff; a live incarnation goes on, and its next crash keeps its backoff.
+        self._start_now = self.state not in (ChildState.STARTING, ChildState.RUNNING)
         self._wake.set()
 
     def request_stop(self) -> None:
@@ -217,7 +223,13 @@ class ManagedChild:
         self.generation += 1
         self.last_error = None
         self._notify()
+        # Before any await: a stop asked while the hook runs must reach this incarnation.
         stop = self._stop_incarnation = anyio.Event()
+        if self.before_start is not None:
+            try:
+                await self.before_start(self)
+            except Exception:  # the guard failing must not keep a server down
+                logger.exception("%s: before-start hook failed; starting anyway", self.name)
         returncode: int | None = None
         spec = SpawnSpec(
             name=self.name,
@@ -229,6 +241,7 @@ class ManagedChild:
         try:
             async with spawn_child(spec, self._on_stderr) as streams:
                 self.pid = streams.process.pid
+                self.process = streams.process
                 reason = await self._serve(streams.process, streams.read, streams.write, stop)
             returncode = streams.process.returncode
         except OSError as exc:
@@ -307,6 +320,10 @@ class ManagedChild:
             tg.start_soon(self._mark_stable)
             verdict, detail = await self._watch_health(process, session)
             self.machine.health_restart(verdict)
+            self._notify()
+            if verdict == HealthReason.HUNG:
+                # It reads nothing, so closing its stdin would only cost the grace period.
+                process.signal_group(signal.SIGTERM)
             finish(f"unhealthy: {detail}")
 
     async def _handshake(self, session: ClientSession) -> str | None:
@@ -325,22 +342,46 @@ class ManagedChild:
         return None
 
     async def _watch_health(self, process: ChildProcess, session: ClientSession) -> tuple[str, str]:
-        """Sample and probe every `interval`; return (reason, detail) once a restart is due."""
+        """Sample and probe every `interval`; return (reason, detail) once a restart is due.
+
+        Ticks keep a fixed cadence and each probe runs beside it, so a probe waiting out its
+        timeout never delays the next one: a child that stops answering is due within
+        `interval × failure_threshold + probe_timeout`.
+        """
         checks = self._supervision.health
         tracker = self._health
         tracker.reset()
         sampler = TreeSampler(process.pid)  # its first reading primes cpu_percent
-        while True:
-            await anyio.sleep(checks.interval)
-            verdict = tracker.observe_sample(sampler.sample())
-            if verdict is None:
-                probe_ms = await _probe(session, checks.probe_timeout)
-                verdict = tracker.observe_probe(probe_ms is not None, probe_ms)
-            if verdict is not None:
-                detail = _health_detail(verdict, tracker.figures, checks)
-                logger.warning("%s: unhealthy (%s), restarting", self.name, detail)
-                self._event("health", reason=verdict, detail=detail)
-                return verdict, detail
+        due: list[str] = []
+        breached = anyio.Event()
+
+        def judge(verdict: str | None) -> None:
+            if verdict is not None and not due:
+                due.append(verdict)
+                breached.set()
+
+        async def probe() -> None:
+            probe_ms = await _probe(session, checks.probe_timeout)
+            if not due:
+                judge(tracker.observe_probe(probe_ms is not None, probe_ms))
+
+        async with anyio.create_task_group() as probes:
+            tick = anyio.current_time()
+            while not due:
+                # A late tick runs at once, then the cadence resumes from it (no burst of catch-ups).
+                tick = max(tick + checks.interval, anyio.current_time())
+                with anyio.move_on_after(tick - anyio.current_time()):
+                    await breached.wait()
+                if not due:
+                    judge(tracker.observe_sample(sampler.sample()))
+                if not due:
+                    probes.start_soon(probe)
+            probes.cancel_scope.cancel()
+        verdict = due[0]
+        detail = _health_detail(verdict, tracker.figures, checks)
+        logger.warning("%s: unhealthy (%s), restarting", self.name, detail)
+        self._event("health", reason=verdict, detail=detail)
+        return verdict, detail
 
     async def _mark_stable(self) -> None:
         await anyio.sleep(self.machine.policy.min_runtime)

@@ -107,9 +107,13 @@ class ChildProcess:
 
     async def _wait_exit(self, timeout: float) -> bool:
         # Not process.wait(): it also waits for pipe EOF, which a grandchild holding the
-        # pipes would delay forever.
+        # pipes would delay forever. Not `exited.wait()` either: when the supervisor is
+        # cancelled, _watch_exit is cancelled with it and would never set the event.
         with anyio.move_on_after(timeout):
-            await self.exited.wait()
+            while self._process.returncode is None:
+                await anyio.sleep(EXIT_POLL_INTERVAL)
+        if self._process.returncode is not None:
+            self.exited.set()
         return self.exited.is_set()
 
     async def _watch_exit(self) -> None:

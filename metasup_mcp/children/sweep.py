@@ -80,6 +80,8 @@ def kill_marked(instance_ids: set[str]) -> list[int]:
 def _supervisor_alive(entry: dict[str, object]) -> bool:
     try:
         proc = psutil.Process(int(entry["pid"]))  # type: ignore[call-overload]
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False  # killed, and not yet reaped by its parent
         # A reused pid belongs to a process created later than the one recorded.
         return abs(proc.create_time() - float(entry["create_time"])) < 0.01  # type: ignore[arg-type]
     except (psutil.NoSuchProcess, KeyError, ValueError, TypeError):

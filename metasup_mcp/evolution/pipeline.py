@@ -9,7 +9,6 @@ Rollback triggers: `compile`, `check:<name>`, `early_exit`, `handshake`, `health
 
 from __future__ import annotations
 
-import fnmatch
 import logging
 import os
 import signal
@@ -66,6 +65,7 @@ class Pipeline:
         children: Callable[[], Sequence[ManagedChild]],
         events: EventHub,
         refuse_reason: Callable[[], str | None] = lambda: None,
+        record: Callable[..., None] = lambda kind, **data: None,
     ) -> None:
         self.workspace = workspace
         self.settings = settings
@@ -76,6 +76,7 @@ class Pipeline:
         self._children = children
         self._events = events
         self._refuse_reason = refuse_reason
+        self._record = record  # notable events for status and the dashboard
         self.lock = anyio.Lock()  # also taken by the on-disk guard and by manual rollbacks
         self._waiting = 0
 
@@ -212,7 +213,7 @@ class Pipeline:
         for child in self._children():
             if not (child.wanted or child.state is ChildState.FATAL):
                 continue
-            if not child.config.watch or any(_watched(path, child.config.watch) for path in paths):
+            if any(child.config.watches(path) for path in paths):
                 chosen.append(child)
         return chosen
 
@@ -255,6 +256,10 @@ class Pipeline:
         self.audit.append(
             "rollback", id=proposal.id, trigger=trigger, bad_commit=proposal.commit, to=last_good,
             rejected_ref=proposal.rejected_ref, evidence=evidence[-2000:],
+        )
+        self._record(
+            "rollback", id=proposal.id, source="proposal", trigger=trigger, reason=evidence.splitlines()[0][:300],
+            **{"from": proposal.commit, "to": last_good},
         )
         if proposal.restarted:  # children ran the bad code: bring them back on last good
             await restart_and_settle(self.affected([c.path for c in proposal.changes]))
@@ -327,15 +332,6 @@ async def restart_and_settle(children: Sequence[ManagedChild], timeout: float = 
         await child.wait_for(
             lambda c: c.generation > before[c.name] and c.state is not ChildState.STARTING, timeout
         )
-
-
-def _watched(path: str, globs: Sequence[str]) -> bool:
-    for glob in globs:
-        if glob.endswith("/") and path.startswith(glob):
-            return True
-        if fnmatch.fnmatch(path, glob) or path == glob:
-            return True
-    return False
 
 
 def _evidence(child: ManagedChild, reason: str) -> str:

@@ -88,7 +88,7 @@ class ChangeService:
         self.workspace = ws
         self.pipeline = Pipeline(
             ws, settings, self.policy, self.store, self.journal, self.audit, self._children, self._events,
-            refuse_reason=lambda: self.refuse_reason(),
+            refuse_reason=lambda: self.refuse_reason(), record=self._record,
         )
         self.guard = DiskGuard(ws, self.policy, self.pipeline.lock, self._events, self.audit, self._record)
         outcome = await self.pipeline.recover_pending()
@@ -119,12 +119,16 @@ class ChangeService:
     async def _backups(self) -> None:
         while True:
             try:
-                assert self.workspace is not None and self.pipeline is not None
-                async with self.pipeline.lock:
-                    await blocking(self.workspace.write_bundle, self.backup_dir, self.settings.rollback.keep_backups)
+                await self.backup_now()
             except WorkspaceError as exc:
                 logger.warning("backup failed: %s", exc)
             await anyio.sleep(self.settings.rollback.backup_interval)
+
+    async def backup_now(self) -> Path:
+        """Write a `git bundle` of the whole workspace (all refs) into the state folder."""
+        assert self.workspace is not None and self.pipeline is not None
+        async with self.pipeline.lock:
+            return await blocking(self.workspace.write_bundle, self.backup_dir, self.settings.rollback.keep_backups)
 
     # -- requests ---------------------------------------------------------------------------
 

@@ -75,6 +75,9 @@ class DiskGuard:
             dirty, head = await _io(ws.is_dirty), await _io(ws.head)
             if not dirty and head == last_good:
                 return
+            changed = await _io(ws.changed_paths, last_good)
+            if not any(child.config.watches(path) for path in changed):
+                return  # edits elsewhere: this server cannot judge them
             trial_id = f"c-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{secrets.token_hex(3)}"
             candidate = (
                 await _io(ws.commit_all, "metasup: on-disk edits (candidate)", {"Metasup-Candidate": trial_id})

@@ -1,0 +1,120 @@
+"""What the safety loop costs on a 10,000-file workspace, measured side by side in one run.
+
+1. Rollback: the pipeline's git work (keep the bad commit under a rejected ref, reset --hard,
+   clean -fd) against `git reset --hard && git clean -fd` run by the CLI. Target ≤ 1.5×.
+2. propose_change overhead beyond checks and min_runtime: a change no server watches, with no
+   checks configured, through a running Supervisor (validate, snapshot, write, commit, journal,
+   audit, proposal store, last-good, prune). Target ≤ 300 ms.
+
+    .venv/bin/python bench/safety_overhead.py [--files 10000] [--rounds 15]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import anyio
+import yaml
+
+from metasup_mcp.config import load_config
+from metasup_mcp.evolution.pipeline import ChangeRequest
+from metasup_mcp.safety.rules import FileChange
+from metasup_mcp.safety.workspace import Workspace
+from metasup_mcp.supervisor import Supervisor
+
+GIT_ENV = {**os.environ, "GIT_AUTHOR_NAME": "b", "GIT_AUTHOR_EMAIL": "b@b", "GIT_COMMITTER_NAME": "b", "GIT_COMMITTER_EMAIL": "b@b"}
+
+
+def make_repo(root: Path, files: int) -> None:
+    for i in range(files):
+        folder = root / f"pkg{i % 100:02d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"mod{i}.py").write_text(f"VALUE_{i} = {i}\n" * 20)
+
+
+def git(root: Path, *args: str) -> None:
+    subprocess.run(["git", *args], cwd=root, env=GIT_ENV, check=True, capture_output=True)
+
+
+def bad_change(n: int) -> list[FileChange]:
+    """What a rolled-back proposal typically leaves: 50 files edited, 5 new files."""
+    edits = [FileChange(f"pkg{i:02d}/mod{i}.py", f"BROKEN = {n}\n") for i in range(50)]
+    return edits + [FileChange(f"new/extra{n}_{i}.py", "x = 1\n") for i in range(5)]
+
+
+def bench_rollback(root: Path, rounds: int) -> tuple[list[float], list[float]]:
+    ws = Workspace.open_or_init(root)
+    good = ws.head()
+    ours, cli = [], []
+    for n in range(rounds):
+        for measure_ours in (n % 2 == 0, n % 2 == 1):  # alternate who goes first
+            ws.apply(bad_change(n))
+            bad = ws.commit_all(f"bad {n}")
+            ws.apply([FileChange("untracked_leftover.py", "y = 2\n")])  # written but never committed
+            started = time.perf_counter()
+            if measure_ours:
+                ws.keep_rejected(f"bench-{n}", bad)
+                ws.reset_to(good)
+                ours.append(time.perf_counter() - started)
+            else:
+                subprocess.run("git reset -q --hard " + good + " && git clean -fdq", shell=True, cwd=root, env=GIT_ENV, check=True)
+                cli.append(time.perf_counter() - started)
+    return ours, cli
+
+
+async def bench_propose(root: Path, rounds: int) -> list[float]:
+    config_path = root.parent / "servers.yaml"
+    config_path.write_text(yaml.safe_dump({"supervisor": {
+        "workspace": str(root), "state_dir": str(root.parent / "state"), "checks": [],
+        "status_http": {"enabled": False}, "rollback": {"backup_interval": "24h"}, "mcp_servers": [],
+    }}))
+    sup = Supervisor(load_config(config_path))
+    timings = []
+    async with sup.running():
+        for n in range(rounds):
+            started = time.perf_counter()
+            proposal = await sup.propose_change(
+                ChangeRequest(f"edit {n}", changes=[{"path": f"pkg{n:02d}/mod{n}.py", "content": f"VALUE = {n}\n"}])
+            )
+            timings.append(time.perf_counter() - started)
+            assert proposal.verdict == "applied", proposal.reasons
+    return timings
+
+
+def describe(label: str, values: list[float]) -> str:
+    return f"{label:<44} median {statistics.median(values) * 1000:7.1f} ms   max {max(values) * 1000:7.1f} ms"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--files", type=int, default=10_000)
+    parser.add_argument("--rounds", type=int, default=15)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="metasup-bench-") as tmp:
+        root = Path(tmp) / "workspace"
+        root.mkdir()
+        make_repo(root, args.files)
+        git(root, "init", "-q")
+        git(root, "add", "-A")
+        git(root, "commit", "-qm", "generated")
+        print(f"workspace: {args.files} files, {args.rounds} rounds each\n")
+        ours, cli = bench_rollback(root, args.rounds)
+        ratio = statistics.median(ours) / statistics.median(cli)
+        print(describe("rollback (rejected ref + reset + clean)", ours))
+        print(describe("git reset --hard && git clean -fd (CLI)", cli))
+        print(f"{'ratio':<44} {ratio:.2f}x   (target <= 1.5x) {'OK' if ratio <= 1.5 else 'MISSED'}\n")
+        propose = anyio.run(bench_propose, root, args.rounds)
+        median = statistics.median(propose)
+        print(describe("propose_change, no checks, no restart", propose))
+        print(f"{'overhead beyond checks and min_runtime':<44} {median * 1000:.0f} ms (target <= 300 ms) "
+              f"{'OK' if median <= 0.3 else 'MISSED'}")
+
+
+if __name__ == "__main__":
+    main()

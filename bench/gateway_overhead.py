@@ -80,7 +80,8 @@ def legs(kind: str, workdir: Path, with_fastmcp: bool) -> dict[str, tuple[StdioS
         "metasup": (
             StdioServerParameters(
                 command=sys.executable,
-                args=["-m", "metasup_mcp.cli", "--log-level", "WARNING", "serve", "--config", str(workdir / "servers.yaml")],
+                args=["-m", "metasup_mcp.cli", "--log-level", "WARNING", "serve",
+                      "--config", str(workdir / "servers.yaml")],
                 env=env,
             ),
             "echo__echo",
@@ -129,7 +130,8 @@ AREAS = [
 def profile_areas(path: Path) -> collections.Counter[str]:
     """Seconds spent by area, from a cProfile dump of the supervisor."""
     spent: collections.Counter[str] = collections.Counter()
-    for (filename, _, function), (_, _, tottime, _, _) in pstats.Stats(str(path)).stats.items():  # type: ignore[attr-defined]
+    stats = pstats.Stats(str(path)).stats  # type: ignore[attr-defined]
+    for (filename, _, function), (_, _, tottime, _, _) in stats.items():
         where = f"{filename}:{function}"
         area = next((name for name, marks in AREAS if any(m in where for m in marks)), "other")
         spent[area] += tottime
@@ -155,7 +157,8 @@ async def main(args: argparse.Namespace) -> None:
     print(f"{'leg':<10}{'median ms':>11}{'p99 ms':>9}{'median x':>10}{'p99 x':>8}")
     for name, values in results.items():
         median, tail = statistics.median(values), p99(values)
-        print(f"{name:<10}{median * 1000:>11.3f}{tail * 1000:>9.3f}{median / direct_median:>10.2f}{tail / direct_p99:>8.2f}")
+        ratios = f"{median / direct_median:>10.2f}{tail / direct_p99:>8.2f}"
+        print(f"{name:<10}{median * 1000:>11.3f}{tail * 1000:>9.3f}{ratios}")
     if not with_fastmcp:
         print("fastmcp: not installed (pip install -e '.[bench]'); peer leg skipped")
     verdict = statistics.median(results["metasup"]) <= 1.3 * direct_median and p99(results["metasup"]) <= 2 * direct_p99

@@ -287,17 +287,20 @@ class SupervisorSurface:
         self, ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
     ) -> types.ListToolsResult:
         self.gateway.upstream.attach(ctx.session)
+        await self.gateway.first_listing()  # a client that lists once, on connecting, sees the children's tools
         own = [tool.definition() for tool in self.tools.values()]
         return types.ListToolsResult(tools=[*own, *self.gateway.tools()])
 
     async def _list_resources(
         self, ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
     ) -> types.ListResourcesResult:
+        await self.gateway.first_listing()
         return types.ListResourcesResult(resources=list(self.gateway.resources()))
 
     async def _list_resource_templates(
         self, ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
     ) -> types.ListResourceTemplatesResult:
+        await self.gateway.first_listing()
         return types.ListResourceTemplatesResult(resource_templates=list(self.gateway.resource_templates()))
 
     async def _read_resource(
@@ -311,6 +314,7 @@ class SupervisorSurface:
     async def _list_prompts(
         self, ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
     ) -> types.ListPromptsResult:
+        await self.gateway.first_listing()
         return types.ListPromptsResult(prompts=list(self.gateway.prompts()))
 
     async def _get_prompt(self, ctx: ServerRequestContext[Any], params: types.GetPromptRequestParams) -> dict[str, Any]:

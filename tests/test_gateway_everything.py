@@ -129,8 +129,9 @@ async def test_a_modern_era_client_gets_a_clear_error_instead_of_an_elicitation(
         surface = SupervisorSurface(sup)
         async with Client(surface.build(), cache=None) as client:  # 2026-07-28, in process
             assert client.protocol_version == "2026-07-28"
+            tool = "everything__trigger-elicitation-request"
             with anyio.fail_after(START):
-                while "everything__trigger-elicitation-request" not in {t.name for t in (await client.list_tools()).tools}:
+                while tool not in {t.name for t in (await client.list_tools()).tools}:
                     await anyio.sleep(0.05)
             answer = await client.call_tool("everything__trigger-elicitation-request", {})
             text = "\n".join(getattr(block, "text", "") for block in answer.content)

@@ -36,7 +36,8 @@ async def test_sdk_servers_tools_resources_templates_and_prompts_pass_through_na
         listed = {t.name: t for t in (await up.session.list_tools()).tools}
         for server in ("notes", "textkit", "time"):
             for original in up.sup.child(server).tools:
-                assert listed[f"{server}__{original.name}"] == original.model_copy(update={"name": f"{server}__{original.name}"})
+                exposed = f"{server}__{original.name}"
+                assert listed[exposed] == original.model_copy(update={"name": exposed})
         assert listed["time__get_current_time"].annotations.read_only_hint is True
         assert listed["time__get_current_time"].output_schema is not None
 

@@ -11,9 +11,12 @@ from pathlib import Path
 
 import anyio
 import pytest
+from mcp import Client
+from mcp.shared.subscriptions import ToolsListChanged
 
 from metasup_mcp.children.state import ChildState
 from metasup_mcp.config import ConfigError, load_config
+from metasup_mcp.mcp_server import SupervisorSurface
 from metasup_mcp.supervisor import Supervisor
 from tests.test_gateway_support import (
     connected,
@@ -185,3 +188,25 @@ async def test_a_stopped_or_fatal_child_drops_its_tools_and_the_client_hears_of_
         await up.until_tools(lambda n: not any(t.startswith("doomed__") for t in n))
         await up.session.call_tool("start_server", {"name": "fx"})
         await up.until_tools(lambda n: "fx__echo" in n)
+
+
+async def test_a_modern_era_client_calls_through_and_hears_of_list_changes_by_listening(tmp_path: Path) -> None:
+    sup = Supervisor(load_config(write_config(tmp_path, [fixture("fx")])))
+    async with sup.running():
+        async with Client(SupervisorSurface(sup).build(), cache=None) as client:  # 2026-07-28, in process
+            assert client.protocol_version == "2026-07-28"
+            await running(sup, "fx")
+            await eventually(lambda: any(t.name == "fx__echo" for t in sup.gateway.tools()), timeout=5)
+            assert (await client.call_tool("fx__echo", {"text": "modern"})).content[0].text == "modern"
+            async with client.listen(tools_list_changed=True) as events:
+                await sup.stop_server("fx")
+                with anyio.fail_after(5):
+                    assert isinstance(await events.__anext__(), ToolsListChanged)
+            assert not any(t.name.startswith("fx__") for t in (await client.list_tools()).tools)
+
+
+async def test_a_client_that_lists_once_on_connecting_already_sees_the_childrens_tools(tmp_path: Path) -> None:
+    # Many clients list tools once, right after connecting; the children are still starting then.
+    async with connected(tmp_path, [fixture("fx", "--slow-start", "0.5")]) as up:
+        assert up.sup.child("fx").state is ChildState.STARTING
+        assert {"fx__echo", "fx__add"} <= await up.tool_names()

@@ -15,6 +15,7 @@ when `gone` is set). A call is never retried behind the caller's back.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Iterable
@@ -30,8 +31,9 @@ from mcp.shared.exceptions import MCPError
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import TypeAdapter, ValidationError
 
-from metasup_mcp.children.child import ChildEvent, Connection, ManagedChild, SessionHooks
+from metasup_mcp.children.child import ChildEvent, Connection, ManagedChild
 from metasup_mcp.children.manager import ServerManager
+from metasup_mcp.children.state import ChildState
 from metasup_mcp.config import ConfigError
 from metasup_mcp.gateway import errors
 from metasup_mcp.gateway.catalog import ClaimBook, Index, Kind, Offer, build_index
@@ -39,14 +41,12 @@ from metasup_mcp.gateway.errors import Unanswered
 from metasup_mcp.gateway.listing import list_offer
 from metasup_mcp.gateway.naming import address_uri, namespace_problem, resolve_uri, resource_key
 from metasup_mcp.gateway.stats import CallStats, Histogram
-from metasup_mcp.gateway.upstream import Upstream, Via
+from metasup_mcp.gateway.upstream import Upstream, Via, session_hooks
 
 logger = logging.getLogger(__name__)
 
 # The result as the SDK validated it, unconverted (no model built, none dumped again).
 _RAW: TypeAdapter[Any] = TypeAdapter(Any)
-_ELICITATION = types.ClientCapabilities(elicitation=types.ElicitationCapability())
-_SAMPLING = types.ClientCapabilities(sampling=types.SamplingCapability())
 
 
 class Gateway:
@@ -60,6 +60,8 @@ class Gateway:
         self._pending: dict[str, set[str]] = {name: set() for name in self._children}
         self._wake = {name: anyio.Event() for name in self._children}
         self._busy: set[str] = set()  # children being re-listed right now
+        self._listed_once: set[str] = set()  # children listed live at least once (see first_listing)
+        self._relisted = anyio.Event()  # set, and replaced, after every re-listing
         self._inflight: dict[str, dict[anyio.CancelScope, tuple[Via, Connection]]] = {n: {} for n in self._children}
         self._watched: set[tuple[str, int]] = set()  # (server, generation) with a death watcher
         self._claims = ClaimBook()
@@ -69,7 +71,8 @@ class Gateway:
         self._reported: dict[str, str | None] = {name: None for name in self._children}
         self._tg: TaskGroup | None = None
         for child in manager:
-            child.hooks = self._hooks_for(child)
+            via, mark = functools.partial(self._via, child), functools.partial(self._mark, child.name)
+            child.hooks = session_hooks(child.name, self.upstream, via, mark)
 
     def _check_names(self, source: Path | str | None) -> dict[str, str]:
         """Refuse at start-up what is knowable before any child lists: see naming."""
@@ -116,6 +119,23 @@ class Gateway:
         if changed and self._tg is not None:
             self._tg.start_soon(self.upstream.announce, changed)
 
+    async def first_listing(self) -> None:
+        """Wait until every child still on its first start has been listed (or failed), each for at
+        most its `call_wait`. Clients that list once, right after connecting, then see the
+        children's tools; later listings never wait (a restarting child stays listed)."""
+        deadline = None
+        while True:
+            waiting = [c for c in self._children.values() if c.name not in self._listed_once and _first_start(c)]
+            if not waiting:
+                return
+            if deadline is None:
+                deadline = anyio.current_time() + max(c.config.call_wait for c in waiting)
+            relisted = self._relisted
+            with anyio.move_on_after(deadline - anyio.current_time()) as scope:
+                await relisted.wait()
+            if scope.cancelled_caught:
+                return
+
     @property
     def settled(self) -> bool:
         """No re-listing is pending or running: the lists served are as current as they get."""
@@ -147,7 +167,9 @@ class Gateway:
         """
         route = self._index.tools.get(name)
         if route is None:
-            return None
+            await self.first_listing()  # a call right after start-up may precede the listing
+            if (route := self._index.tools.get(name)) is None:
+                return None
         child, stats = self._children[route.server], self._stats[route.server]
         stats.calls += 1
         started = perf_counter()
@@ -188,7 +210,9 @@ class Gateway:
         """Get an exposed prompt from its child; None if no child offers `name`."""
         route = self._index.prompts.get(name)
         if route is None:
-            return None
+            await self.first_listing()
+            if (route := self._index.prompts.get(name)) is None:
+                return None
         request = types.GetPromptRequest(params=types.GetPromptRequestParams(name=route.name, arguments=arguments))
         return await self._forward_or_raise(ctx, self._children[route.server], request, name)
 
@@ -263,6 +287,8 @@ class Gateway:
             self._busy.add(child.name)
             try:
                 offer = await self._current_offer(child, what)
+                if child.connection is not None and _live(child.connection) and "all" in what:
+                    self._listed_once.add(child.name)
                 if offer != self._offers[child.name]:
                     self._offers[child.name] = offer
                     changed = self._reindex()
@@ -274,6 +300,8 @@ class Gateway:
                 logger.warning("gateway: re-listing %s failed (%s); keeping its previous offer", child.name, exc)
             finally:
                 self._busy.discard(child.name)
+                self._relisted.set()
+                self._relisted = anyio.Event()
 
     async def _watch_rest(self, child: ManagedChild) -> None:
         """Catch a child coming to rest without an event (a stop during backoff, say)."""
@@ -332,31 +360,7 @@ class Gateway:
         """The latencies (seconds) of `name`'s last tool calls, oldest first."""
         return self._stats[name].recent_latencies()
 
-    # -- what children ask of the upstream client ------------------------------------------
-
-    def _hooks_for(self, child: ManagedChild) -> SessionHooks:
-        async def sampling(context: Any, params: types.CreateMessageRequestParams) -> Any:
-            tools_mode = params.tools is not None or params.tool_choice is not None
-            result_type = types.CreateMessageResultWithTools if tools_mode else types.CreateMessageResult
-            request = types.CreateMessageRequest(params=params)
-            return await self.upstream.ask(child.name, "sampling", request, result_type, _SAMPLING, self._via(child))
-
-        async def elicitation(context: Any, params: types.ElicitRequestParams) -> Any:
-            request = types.ElicitRequest(params=params)
-            return await self.upstream.ask(
-                child.name, "elicitation", request, types.ElicitResult, _ELICITATION, self._via(child)
-            )
-
-        async def log(params: types.LoggingMessageNotificationParams) -> None:
-            await self.upstream.log(child.name, params, self._via(child))
-
-        async def notification(_: ManagedChild, message: Any) -> None:
-            if isinstance(message, types.ResourceListChangedNotification):
-                self._mark(child.name, "resources")
-            elif isinstance(message, types.PromptListChangedNotification):
-                self._mark(child.name, "prompts")
-
-        return SessionHooks(sampling=sampling, elicitation=elicitation, logging=log, notification=notification)
+    # -- what children ask of the upstream client (see upstream.session_hooks) ---------------
 
     def _via(self, child: ManagedChild) -> Via | None:
         """The most recent upstream request in flight to `child`, if any."""
@@ -367,6 +371,11 @@ class Gateway:
 def _live(connection: Connection) -> bool:
     """Its process is still there (`exited` is seen within 50 ms; `gone` only after teardown)."""
     return not connection.gone.is_set() and not connection.process.exited.is_set()
+
+
+def _first_start(child: ManagedChild) -> bool:
+    """On its first start (no failure yet): worth waiting for before a first listing."""
+    return child.state in (ChildState.STARTING, ChildState.RUNNING) and child.machine.restarts == 0
 
 
 def _wants_progress(meta: Any) -> bool:

@@ -65,7 +65,8 @@ def timed_out(child: ManagedChild, what: str) -> Unanswered:
 
 
 def child_error(child: ManagedChild, what: str, problem: str, code: int | None = None) -> Unanswered:
-    details: dict[str, Any] = {"server": child.name, "state": child.state.value, "reason": "child_error", "retry": False}
+    details: dict[str, Any] = {"server": child.name, "state": child.state.value, "reason": "child_error"}
+    details["retry"] = False
     if code is not None:
         details["code"] = code
     return Unanswered(f"{what}: server {child.name!r} {problem}", **details)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import warnings
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar, get_args
 
@@ -34,6 +35,7 @@ from mcp.shared.message import ServerMessageMetadata
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import BaseModel, ValidationError
 
+from metasup_mcp.children.child import ManagedChild, SessionHooks
 from metasup_mcp.gateway.catalog import Kind
 
 logger = logging.getLogger(__name__)
@@ -43,6 +45,8 @@ _EVENTS: dict[str, ServerEvent] = {
 }
 _ResultT = TypeVar("_ResultT", bound=BaseModel)
 _LEVELS: tuple[str, ...] = get_args(types.LoggingLevel)  # least severe first
+_ELICITATION = types.ClientCapabilities(elicitation=types.ElicitationCapability())
+_SAMPLING = types.ClientCapabilities(sampling=types.SamplingCapability())
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +128,37 @@ class Upstream:
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             return _refusal(f"the client went away before answering {what} for server {server!r}")
         except ValidationError as exc:
-            return _refusal(f"the client's answer to {what} for server {server!r} is malformed: {exc.error_count()} errors")
+            problem = f"{exc.error_count()} errors"
+            return _refusal(f"the client's answer to {what} for server {server!r} is malformed: {problem}")
+
+
+def session_hooks(
+    server: str, upstream: Upstream, via: Callable[[], Via | None], mark: Callable[[str], None]
+) -> SessionHooks:
+    """The callbacks of one child's MCP session: its sampling and elicitation requests and its
+    log messages go upstream (through the call in flight to it, `via()`), and its resource and
+    prompt list changes ask for a re-listing (`mark(kind)`)."""
+
+    async def sampling(context: Any, params: types.CreateMessageRequestParams) -> Any:
+        tools_mode = params.tools is not None or params.tool_choice is not None
+        result_type = types.CreateMessageResultWithTools if tools_mode else types.CreateMessageResult
+        request = types.CreateMessageRequest(params=params)
+        return await upstream.ask(server, "sampling", request, result_type, _SAMPLING, via())
+
+    async def elicitation(context: Any, params: types.ElicitRequestParams) -> Any:
+        request = types.ElicitRequest(params=params)
+        return await upstream.ask(server, "elicitation", request, types.ElicitResult, _ELICITATION, via())
+
+    async def log(params: types.LoggingMessageNotificationParams) -> None:
+        await upstream.log(server, params, via())
+
+    async def notification(_: ManagedChild, message: Any) -> None:
+        if isinstance(message, types.ResourceListChangedNotification):
+            mark("resources")
+        elif isinstance(message, types.PromptListChangedNotification):
+            mark("prompts")
+
+    return SessionHooks(sampling=sampling, elicitation=elicitation, logging=log, notification=notification)
 
 
 def _refusal(message: str) -> types.ErrorData:

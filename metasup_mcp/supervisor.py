@@ -169,7 +169,8 @@ class Supervisor:
             self._record("failed_start", server=event.server, reason=event.data.get("reason"))
             if self.consecutive_failures >= self.settings.max_failures and self.mode != "emergency":
                 reason = f"{self.consecutive_failures} consecutive failed starts (max_failures)"
-                self._spawn(self._automatic_emergency(reason))
+                if self._tg is not None:  # None only while shutting down
+                    self._tg.start_soon(self._automatic_emergency, reason)
         elif event.kind == "stable":
             self.consecutive_failures = 0
         elif event.kind == "health":
@@ -202,12 +203,6 @@ class Supervisor:
     async def rollback(self, target: str = "last_good", reason: str = "") -> dict[str, Any]:
         self._refuse_in_emergency("roll back")
         return await self.changes.rollback(target, reason)
-
-    def _spawn(self, coro: Any) -> None:
-        if self._tg is None:
-            coro.close()
-            return
-        self._tg.start_soon(lambda: coro)
 
     def _record(self, kind: str, **data: Any) -> None:
         self.events.append({"at": time.time(), "event": kind, **data})

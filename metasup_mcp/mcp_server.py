@@ -268,6 +268,9 @@ class SupervisorSurface:
         # Children's log messages are relayed; registered here rather than as on_set_logging_level,
         # which warns that logging is deprecated in 2026-07-28 (it is not in the legacy era).
         server.add_request_handler("logging/setLevel", types.SetLevelRequestParams, self._set_logging_level)
+        # The SDK wraps every request in an OpenTelemetry span by default; nothing here exports
+        # traces, and on a relayed call the span costs as much as the supervisor's own work.
+        server.middleware = []
         return server
 
     @staticmethod

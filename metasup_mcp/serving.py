@@ -12,7 +12,7 @@ from mcp.server.stdio import stdio_server
 from metasup_mcp.config import Config
 from metasup_mcp.http_status import QuietServer, run_status_http
 from metasup_mcp.mcp_server import SupervisorSurface
-from metasup_mcp.stdin import cancellable_stdin
+from metasup_mcp.stdio import wire
 from metasup_mcp.supervisor import Supervisor
 
 logger = logging.getLogger(__name__)
@@ -25,8 +25,13 @@ async def serve_stdio(config: Config, args: argparse.Namespace) -> None:
         tg.start_soon(run_status_http, supervisor, config.supervisor.status_http)
         surface = SupervisorSurface(supervisor)
         server = surface.build()
-        async with stdio_server(stdin=cancellable_stdin()) as (read, write):  # type: ignore[arg-type]
-            await server.run(read, write, surface.initialization_options(server))
+        options = surface.initialization_options(server)
+        with wire() as pipes:
+            if pipes is not None:
+                await server.run(*pipes, options)
+            else:  # stdin or stdout is a regular file: the SDK's threaded transport
+                async with stdio_server() as (read, write):
+                    await server.run(read, write, options)
         logger.info("client closed stdin: stopping")
         tg.cancel_scope.cancel()
 

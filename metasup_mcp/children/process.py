@@ -18,8 +18,7 @@ from pathlib import Path
 
 import anyio
 import mcp_types as types
-from anyio.abc import Process
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from anyio.abc import ByteReceiveStream, ByteSendStream, Process
 from anyio.streams.text import TextReceiveStream
 from mcp.shared.message import SessionMessage
 
@@ -70,7 +69,7 @@ class StderrRing:
 
 
 class ChildProcess:
-    """A running child and the in-memory streams a `ClientSession` talks through."""
+    """A running child process: its pid, exit, stderr and what it wrote on stdout that was not MCP."""
 
     def __init__(self, spec: SpawnSpec, process: Process) -> None:
         self.spec = spec
@@ -121,37 +120,15 @@ class ChildProcess:
             await anyio.sleep(EXIT_POLL_INTERVAL)
         self.exited.set()
 
-    async def _pump_stdout(self, sink: MemoryObjectSendStream[SessionMessage | Exception]) -> None:
-        assert self._process.stdout is not None
-        async with sink:
-            buffer = ""
-            with suppress(anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
-                async for chunk in TextReceiveStream(self._process.stdout, errors="replace"):
-                    lines = (buffer + chunk).split("\n")
-                    buffer = lines.pop()
-                    for line in lines:
-                        if not line.strip():
-                            continue
-                        message = self._parse(line)
-                        if message is not None:
-                            await sink.send(message)
-
-    def _parse(self, line: str) -> SessionMessage | None:
+    def _parse(self, line: bytes) -> SessionMessage | None:
         try:
             return SessionMessage(types.jsonrpc_message_adapter.validate_json(line, by_name=False))
         except ValueError:
+            text = line.decode(errors="replace")
             self.garbage_lines += 1
-            self.last_garbage = line[:200]
-            logger.warning("%s wrote a non-JSON-RPC line on stdout (dropped): %.200s", self.spec.name, line)
+            self.last_garbage = text[:200]
+            logger.warning("%s wrote a non-JSON-RPC line on stdout (dropped): %.200s", self.spec.name, text)
             return None
-
-    async def _pump_stdin(self, source: MemoryObjectReceiveStream[SessionMessage]) -> None:
-        assert self._process.stdin is not None
-        with suppress(anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
-            async with source:
-                async for message in source:
-                    data = message.message.model_dump_json(by_alias=True, exclude_unset=True) + "\n"
-                    await self._process.stdin.send(data.encode())
 
     async def _drain_stderr(self, on_line: Callable[[str], None]) -> None:
         assert self._process.stderr is not None
@@ -166,16 +143,79 @@ class ChildProcess:
             on_line(buffer)
 
 
+class ChildReader:
+    """The child's stdout as the message stream a `ClientSession` reads.
+
+    Lines are parsed where they are read, with no pump task and memory stream in between:
+    on a relayed call those hops cost as much as everything else the supervisor does.
+    """
+
+    def __init__(self, child: ChildProcess, stdout: ByteReceiveStream) -> None:
+        self._child = child
+        self._stdout = stdout
+        self._lines: collections.deque[bytes] = collections.deque()
+        self._partial = b""
+
+    def __aiter__(self) -> ChildReader:
+        return self
+
+    async def __anext__(self) -> SessionMessage:
+        while True:
+            while self._lines:
+                message = self._child._parse(self._lines.popleft())
+                if message is not None:
+                    return message
+            try:
+                chunk = await self._stdout.receive()
+            except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
+                raise StopAsyncIteration from None
+            *lines, self._partial = (self._partial + chunk).split(b"\n")
+            self._lines.extend(line for line in lines if line.strip())
+
+    async def __aenter__(self) -> ChildReader:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        pass  # the pipe belongs to the process; `ChildProcess.stop` closes it
+
+    async def aclose(self) -> None:
+        pass
+
+
+class ChildWriter:
+    """The child's stdin as the message stream a `ClientSession` writes (one line per message)."""
+
+    def __init__(self, stdin: ByteSendStream) -> None:
+        self._stdin = stdin
+
+    async def send(self, message: SessionMessage) -> None:
+        data = message.message.model_dump_json(by_alias=True, exclude_unset=True).encode() + b"\n"
+        try:
+            await self._stdin.send(data)
+        except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
+            # The child is gone or going: the session sees it as a closed connection.
+            raise anyio.BrokenResourceError from exc
+
+    async def __aenter__(self) -> ChildWriter:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        pass  # closing stdin is how a stop begins: `ChildProcess.stop` does it, in order
+
+    async def aclose(self) -> None:
+        pass
+
+
 @dataclass
 class ChildStreams:
     process: ChildProcess
-    read: MemoryObjectReceiveStream[SessionMessage | Exception]
-    write: MemoryObjectSendStream[SessionMessage]
+    read: ChildReader
+    write: ChildWriter
 
 
 @asynccontextmanager
 async def spawn_child(spec: SpawnSpec, on_stderr_line: Callable[[str], None]) -> AsyncIterator[ChildStreams]:
-    """Start the child and its pumps; on exit from the block, stop it and reap it, whatever happened."""
+    """Start the child, its exit watch and stderr drain; on exit from the block, stop it and reap it."""
     process = await anyio.open_process(
         spec.argv,
         cwd=spec.cwd,
@@ -183,21 +223,16 @@ async def spawn_child(spec: SpawnSpec, on_stderr_line: Callable[[str], None]) ->
         start_new_session=True,  # its own process group: one signal reaches the whole tree
     )
     child = ChildProcess(spec, process)
-    to_session_send, to_session_recv = anyio.create_memory_object_stream[SessionMessage | Exception](64)
-    from_session_send, from_session_recv = anyio.create_memory_object_stream[SessionMessage](64)
+    assert process.stdout is not None and process.stdin is not None
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(child._watch_exit)
-            tg.start_soon(child._pump_stdout, to_session_send)
-            tg.start_soon(child._pump_stdin, from_session_recv)
             tg.start_soon(child._drain_stderr, on_stderr_line)
             try:
-                yield ChildStreams(child, to_session_recv, from_session_send)
+                yield ChildStreams(child, ChildReader(child, process.stdout), ChildWriter(process.stdin))
             finally:
                 await child.stop(spec.stop_timeout)
                 tg.cancel_scope.cancel()
     finally:
-        with anyio.CancelScope(shield=True), anyio.move_on_after(2.0):
-            for stream in (to_session_recv, from_session_send, process):
-                with suppress(Exception):
-                    await stream.aclose()
+        with anyio.CancelScope(shield=True), anyio.move_on_after(2.0), suppress(Exception):
+            await process.aclose()

@@ -1,0 +1,125 @@
+"""The stdio wire, read and written through the event loop instead of worker threads.
+
+The SDK's default stdio transport reads stdin and writes stdout in worker threads, behind
+two pump tasks and memory streams. A read blocked in a thread cannot be cancelled, so after
+SIGTERM the process had to wait for its client to close stdin; and the hops are most of what
+a relayed call costs. Here both pipes are non-blocking, polled by the event loop, and
+handed to the server as the message streams it reads and writes.
+
+As the SDK does, the wire keeps private duplicates of fds 0 and 1 and points fd 0 at
+/dev/null and fd 1 at stderr while serving, so a stray print can never corrupt the wire.
+Where polling cannot work (stdin or stdout is a regular file), `wire()` yields None and the
+SDK's default applies.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import anyio
+import mcp_types as types
+from mcp.shared.message import SessionMessage
+
+_CHUNK = 1 << 16
+
+
+class WireReader:
+    """Messages from a non-blocking fd; a line that is not JSON-RPC comes as its error, for the
+    server to answer (as the SDK's transport does)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._lines: deque[bytes] = deque()
+        self._partial = b""
+        self._eof = False
+
+    def __aiter__(self) -> WireReader:
+        return self
+
+    async def __anext__(self) -> SessionMessage | Exception:
+        while not self._lines:
+            if self._eof:
+                raise StopAsyncIteration
+            await anyio.wait_readable(self.fd)
+            try:
+                chunk = os.read(self.fd, _CHUNK)
+            except BlockingIOError:
+                continue
+            if not chunk:
+                self._eof = True
+                chunk = b"\n"  # the last line may lack its newline
+            *lines, self._partial = (self._partial + chunk).split(b"\n")
+            self._lines.extend(line for line in lines if line.strip())
+        try:
+            return SessionMessage(types.jsonrpc_message_adapter.validate_json(self._lines.popleft(), by_name=False))
+        except ValueError as exc:
+            return exc
+
+    async def __aenter__(self) -> WireReader:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        pass
+
+    async def aclose(self) -> None:
+        pass
+
+
+class WireWriter:
+    """Messages to a non-blocking fd, one JSON line each, written whole before the next."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._lock = anyio.Lock()
+
+    async def send(self, message: SessionMessage) -> None:
+        data = memoryview(message.message.model_dump_json(by_alias=True, exclude_unset=True).encode() + b"\n")
+        async with self._lock:  # a partial write must not interleave with another message
+            while data:
+                try:
+                    data = data[os.write(self.fd, data) :]
+                except BlockingIOError:
+                    await anyio.wait_writable(self.fd)
+
+    async def __aenter__(self) -> WireWriter:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        pass
+
+    async def aclose(self) -> None:
+        pass
+
+
+@contextmanager
+def wire() -> Iterator[tuple[WireReader, WireWriter] | None]:
+    """Claim fds 0 and 1 for MCP for the life of the block; restore them after."""
+    if not (_pollable(0) and _pollable(1)):
+        yield None
+        return
+    wire_in, wire_out = os.dup(0), os.dup(1)
+    saved_in, saved_out = os.dup(0), os.dup(1)
+    null = os.open(os.devnull, os.O_RDONLY)
+    try:
+        os.dup2(null, 0)
+        os.dup2(2, 1)  # stray prints go to stderr
+        os.set_blocking(wire_in, False)
+        os.set_blocking(wire_out, False)
+        yield WireReader(wire_in), WireWriter(wire_out)
+    finally:
+        os.dup2(saved_in, 0)
+        os.dup2(saved_out, 1)
+        for fd in (null, wire_in, wire_out, saved_in, saved_out):
+            os.close(fd)
+
+
+def _pollable(fd: int) -> bool:
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError:
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stat.S_ISCHR(mode)

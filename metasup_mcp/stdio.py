@@ -24,10 +24,12 @@ import anyio
 import mcp_types as types
 from mcp.shared.message import SessionMessage
 
+from metasup_mcp.aio import BorrowedStream
+
 _CHUNK = 1 << 16
 
 
-class WireReader:
+class WireReader(BorrowedStream):
     """Messages from a non-blocking fd; a line that is not JSON-RPC comes as its error, for the
     server to answer (as the SDK's transport does)."""
 
@@ -59,17 +61,9 @@ class WireReader:
         except ValueError as exc:
             return exc
 
-    async def __aenter__(self) -> WireReader:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        pass
-
-    async def aclose(self) -> None:
-        pass
 
 
-class WireWriter:
+class WireWriter(BorrowedStream):
     """Messages to a non-blocking fd, one JSON line each, written whole before the next."""
 
     def __init__(self, fd: int) -> None:
@@ -85,14 +79,6 @@ class WireWriter:
                 except BlockingIOError:
                     await anyio.wait_writable(self.fd)
 
-    async def __aenter__(self) -> WireWriter:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        pass
-
-    async def aclose(self) -> None:
-        pass
 
 
 @contextmanager

@@ -60,6 +60,16 @@ def record_timing(what: str, seconds: float, bound: float) -> None:
 
 
 @pytest.fixture
+def pinned_git(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """git run by the test itself: a fixed identity, no user or system config."""
+    for var in ("AUTHOR", "COMMITTER"):
+        monkeypatch.setenv(f"GIT_{var}_NAME", "Test Person")
+        monkeypatch.setenv(f"GIT_{var}_EMAIL", "test@example.invalid")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+
+
+@pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
 

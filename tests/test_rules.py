@@ -25,12 +25,8 @@ from metasup_mcp.safety.workspace import Workspace, WorkspaceError
 
 
 @pytest.fixture(autouse=True)
-def _pinned_git(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for var in ("AUTHOR", "COMMITTER"):
-        monkeypatch.setenv(f"GIT_{var}_NAME", "Test Person")
-        monkeypatch.setenv(f"GIT_{var}_EMAIL", "test@example.invalid")
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+def _pinned(pinned_git: None) -> None:
+    """Every test here runs git with a pinned identity and no user or system config."""
 
 
 def w(path: str, content: str = "x\n") -> dict[str, Any]:

@@ -22,6 +22,8 @@ from anyio.abc import ByteReceiveStream, ByteSendStream, Process
 from anyio.streams.text import TextReceiveStream
 from mcp.shared.message import SessionMessage
 
+from metasup_mcp.aio import BorrowedStream
+
 logger = logging.getLogger(__name__)
 
 STDERR_RING_LINES = 500
@@ -143,7 +145,7 @@ class ChildProcess:
             on_line(buffer)
 
 
-class ChildReader:
+class ChildReader(BorrowedStream):
     """The child's stdout as the message stream a `ClientSession` reads.
 
     Lines are parsed where they are read, with no pump task and memory stream in between:
@@ -172,17 +174,9 @@ class ChildReader:
             *lines, self._partial = (self._partial + chunk).split(b"\n")
             self._lines.extend(line for line in lines if line.strip())
 
-    async def __aenter__(self) -> ChildReader:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        pass  # the pipe belongs to the process; `ChildProcess.stop` closes it
-
-    async def aclose(self) -> None:
-        pass
 
 
-class ChildWriter:
+class ChildWriter(BorrowedStream):
     """The child's stdin as the message stream a `ClientSession` writes (one line per message)."""
 
     def __init__(self, stdin: ByteSendStream) -> None:
@@ -196,14 +190,6 @@ class ChildWriter:
             # The child is gone or going: the session sees it as a closed connection.
             raise anyio.BrokenResourceError from exc
 
-    async def __aenter__(self) -> ChildWriter:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        pass  # closing stdin is how a stop begins: `ChildProcess.stop` does it, in order
-
-    async def aclose(self) -> None:
-        pass
 
 
 @dataclass

@@ -87,6 +87,22 @@ async def test_a_well_behaved_child_runs_with_a_pid_tools_and_health_figures(sup
     assert s["last_exit"] is None and s["last_error"] is None
 
 
+@pytest.mark.servers(fixture_server("modern", "--modern-only"))
+async def test_a_child_that_refuses_initialize_is_reached_through_server_discover(supervisor: Supervisor) -> None:
+    child = await running(supervisor, "modern")
+    assert child.connection is not None and child.connection.session.protocol_version == "2026-07-28"
+    assert len(child.tools) == 5
+    await eventually(lambda: child.health.probe_ms is not None, timeout=5)  # "method not found" is alive
+
+
+@pytest.mark.servers(fixture_server("liar", "--malformed-listing"), fixture_server("good"))
+async def test_a_child_that_answers_malformed_results_fails_its_start_and_nothing_else(supervisor: Supervisor) -> None:
+    liar = supervisor.child("liar")
+    await eventually(lambda: liar.machine.last_exit is not None, timeout=5)
+    assert liar.machine.last_exit is not None and "malformed answer" in liar.machine.last_exit.reason
+    assert (await running(supervisor, "good")).state is S.RUNNING  # the supervisor and its other children go on
+
+
 @pytest.mark.servers(fixture_server("crashy", "--crash-on-start", "7"))
 async def test_a_child_that_crashes_on_start_ends_fatal_after_the_configured_restarts(supervisor: Supervisor) -> None:
     child = supervisor.child("crashy")

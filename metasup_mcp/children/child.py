@@ -21,6 +21,7 @@ import mcp_types as types
 from mcp import ClientSession
 from mcp.client.session import ElicitationFnT, LoggingFnT, SamplingFnT
 from mcp.shared.exceptions import MCPError
+from pydantic import ValidationError
 
 from metasup_mcp.children.health import HealthFigures, HealthLimits, HealthReason, HealthTracker, TreeSampler
 from metasup_mcp.children.process import ChildProcess, SpawnSpec, StderrRing, child_environment, spawn_child
@@ -242,7 +243,11 @@ class ManagedChild:
             async with spawn_child(spec, self._on_stderr) as streams:
                 self.pid = streams.process.pid
                 self.process = streams.process
-                reason = await self._serve(streams.process, streams.read, streams.write, stop)
+                try:
+                    reason = await self._serve(streams.process, streams.read, streams.write, stop)
+                except Exception as exc:  # noqa: BLE001 — whatever a child does, the supervisor lives on
+                    logger.exception("%s: unexpected error while serving it; stopping this incarnation", self.name)
+                    reason = f"internal error while talking to the child: {exc!r}"
             returncode = streams.process.returncode
         except OSError as exc:
             reason = f"spawn failed: {exc.strerror or exc} ({spec.argv[0]})"
@@ -327,18 +332,31 @@ class ManagedChild:
             finish(f"unhealthy: {detail}")
 
     async def _handshake(self, session: ClientSession) -> str | None:
-        """Initialize and list tools within `handshake_timeout`; return a failure reason or None."""
+        """Initialize and list tools within `handshake_timeout`; return a failure reason or None.
+
+        The legacy `initialize` handshake comes first: it keeps ping, server-to-client requests
+        and list_changed, which the gateway relays. A child that refuses it (a server of the
+        2026-07-28 era only) is asked `server/discover` instead.
+        """
         try:
             with anyio.fail_after(self.config.handshake_timeout):
-                result = await session.initialize()
-                self.server_capabilities = result.capabilities
-                self.tools = await _list_all_tools(session) if result.capabilities.tools is not None else []
+                try:
+                    capabilities = (await session.initialize()).capabilities
+                except MCPError as refused:
+                    if refused.code == types.CONNECTION_CLOSED:
+                        raise
+                    logger.info("%s refused initialize (%s); trying server/discover", self.name, refused)
+                    capabilities = (await session.discover()).capabilities
+                self.server_capabilities = capabilities
+                self.tools = await _list_all_tools(session) if capabilities.tools is not None else []
         except TimeoutError:
             return f"handshake: no answer to initialize/tools/list within {self.config.handshake_timeout:g}s"
         except MCPError as exc:
             return f"handshake: {exc}"
         except (anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.EndOfStream, ConnectionError) as exc:
             return f"handshake: connection closed ({type(exc).__name__})"
+        except ValidationError as exc:  # a child's malformed answer must never reach the supervisor
+            return f"handshake: malformed answer ({exc.error_count()} problems: {exc.errors()[0]['msg']})"
         return None
 
     async def _watch_health(self, process: ChildProcess, session: ClientSession) -> tuple[str, str]:
@@ -391,12 +409,16 @@ class ManagedChild:
         if isinstance(message, Exception):
             logger.debug("%s: transport error: %s", self.name, message)
             return
-        if isinstance(message, types.ToolListChangedNotification) and self.connection is not None:
-            with anyio.move_on_after(self.config.call_timeout):
-                self.tools = await _list_all_tools(self.connection.session)
-                self._event("tools_changed", tools=len(self.tools))
-        if self.hooks.notification is not None:
-            await self.hooks.notification(self, message)
+        try:
+            if isinstance(message, types.ToolListChangedNotification) and self.connection is not None:
+                with anyio.move_on_after(self.config.call_timeout):
+                    self.tools = await _list_all_tools(self.connection.session)
+                    self._event("tools_changed", tools=len(self.tools))
+            if self.hooks.notification is not None:
+                await self.hooks.notification(self, message)
+        except (MCPError, ValidationError, anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
+            # A notification the child mishandles must not end its session, let alone the supervisor.
+            logger.warning("%s: could not act on %s: %s", self.name, type(message).__name__, exc)
 
     def _on_stderr(self, line: str) -> None:
         self.stderr.add(line)
@@ -433,8 +455,8 @@ async def _probe(session: ClientSession, timeout: float) -> float | None:
     try:
         with anyio.fail_after(timeout):
             await session.send_ping()
-    except MCPError:
-        pass  # "method not found" is an answer too
+    except (MCPError, ValidationError):
+        pass  # "method not found", or a malformed answer, is an answer too
     except TimeoutError:
         return None
     except (anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.EndOfStream):

@@ -164,3 +164,26 @@ async def test_proposals_survive_a_supervisor_restart(tmp_path, make_config, sup
         again = sup.get_change(result["id"])
         assert again.verdict == "applied" and [s.stage for s in again.stages][-1] == "applied"
         assert sup.list_changes()[0]["id"] == result["id"]
+
+
+async def test_concurrent_proposals_are_serialised_and_told_their_place_in_the_queue(tmp_path, make_config, supervisor_factory):
+    async with supervisor_factory(app_config(make_config, tmp_path)) as sup:
+        heard: dict[str, list[str]] = {"first": [], "second": []}
+        results: dict[str, Any] = {}
+
+        async def run(name: str, version: str) -> None:
+            async def progress(message: str) -> None:
+                heard[name].append(message)
+
+            request = ChangeRequest(name, changes=[{"path": "server.py", "content": with_version(version)}])
+            results[name] = await sup.propose_change(request, progress)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run, "first", "2")
+            await anyio.wait_all_tasks_blocked()  # the first holds the pipeline
+            tg.start_soon(run, "second", "3")
+        first, second = results["first"], results["second"]
+        assert any(m.startswith("queued: position") for m in heard["second"]), heard
+        assert first.verdict == second.verdict == "applied"
+        assert second.base_commit == first.commit, "the second change is applied on top of the first"
+        assert await served_version(sup) == "3"

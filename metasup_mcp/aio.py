@@ -11,9 +11,9 @@ import anyio
 T = TypeVar("T")
 
 
-async def blocking(fn: Callable[..., T], *args: Any) -> T:
+async def blocking(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """Run a blocking call (git, fsync) off the event loop, so children keep being served."""
-    return await anyio.to_thread.run_sync(functools.partial(fn, *args))
+    return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))
 
 
 class BorrowedStream:
@@ -29,3 +29,54 @@ class BorrowedStream:
 
     async def aclose(self) -> None:
         pass
+
+
+class LineSplitter:
+    """Splits a byte stream into lines without ever buffering more than `limit` bytes of one.
+
+    A peer that writes without newlines must not grow the supervisor's memory: a line over the
+    limit is cut to its first `limit` bytes (`truncate=True`, for logs) or dropped and counted
+    in `overlong` (for protocol messages, where half a message is worth nothing).
+    """
+
+    def __init__(self, limit: int, *, truncate: bool = False) -> None:
+        self.limit = limit
+        self.truncate = truncate
+        self.overlong = 0
+        self._parts: list[bytes] = []
+        self._size = 0
+        self._overflowed = False
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        lines: list[bytes] = []
+        start = 0
+        while (end := chunk.find(b"\n", start)) >= 0:
+            self._take(chunk[start:end])
+            if self._overflowed:
+                self.overlong += 1
+                if self.truncate:
+                    lines.append(b"".join(self._parts))
+            else:
+                lines.append(b"".join(self._parts))
+            self._parts, self._size, self._overflowed = [], 0, False
+            start = end + 1
+        self._take(chunk[start:])
+        return lines
+
+    def rest(self) -> bytes:
+        """What came after the last newline (at end of stream)."""
+        return b"" if self._overflowed and not self.truncate else b"".join(self._parts)
+
+    def _take(self, piece: bytes) -> None:
+        if not piece or (self._overflowed and not self.truncate):
+            return
+        room = self.limit - self._size
+        if len(piece) > room:
+            self._overflowed = True
+            piece = piece[: max(room, 0)] if self.truncate else b""
+            if not self.truncate:
+                self._parts, self._size = [], 0
+                return
+        if piece:
+            self._parts.append(piece)
+            self._size += len(piece)

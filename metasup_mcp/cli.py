@@ -16,10 +16,12 @@ import anyio
 
 from metasup_mcp import __version__
 from metasup_mcp.config import Config, ConfigError, check_executables, effective_config, load_config
+from metasup_mcp.safety.rules import SafetyRulesError
 
 logger = logging.getLogger("metasup_mcp")
 
-EXIT_CONFIG = 2
+EXIT_CONFIG = 2  # the configuration is wrong: fix servers.yaml
+EXIT_REFUSED = 1  # the supervisor cannot start as things are (state folder in use, workspace unrecoverable)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -79,6 +81,25 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CONFIG
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # noqa: BLE001 — a known refusal becomes its message, anything else a traceback
+        refusal = _refusal(exc)
+        if refusal is None:
+            raise
+        print(f"metasup-mcp: {refusal}", file=sys.stderr)
+        return EXIT_CONFIG if isinstance(refusal, ConfigError | SafetyRulesError) else EXIT_REFUSED
+
+
+def _refusal(exc: BaseException) -> Exception | None:
+    """The refusal a person can act on inside `exc`, which may come wrapped in task-group exception groups."""
+    from metasup_mcp.supervisor import ChangeError, SupervisorError
+
+    if isinstance(exc, ConfigError | SafetyRulesError | SupervisorError | ChangeError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            if (found := _refusal(inner)) is not None:
+                return found
+    return None
 
 
 def check_config(path: Path) -> int:

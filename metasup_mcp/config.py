@@ -18,12 +18,22 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]+$")
+MAX_EXPOSED_NAME = 64  # what MCP clients accept for a tool or prompt name
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 # Commands that mean "the interpreter running the supervisor", so that example children can
 # import the same `mcp` package without the user activating a virtualenv first.
 _SELF_PYTHON = {"python", "python3"}
+
+
+def _name_safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]", "_", name)
+
+
+def resolve_command(command: str) -> str:
+    """`python`/`python3` mean the interpreter running the supervisor; anything else is as given."""
+    return sys.executable if command in _SELF_PYTHON else command
 
 
 class ConfigError(Exception):
@@ -158,7 +168,12 @@ class ServerConfig(_Strict):
         """The tool prefix: `namespace` if set (may be ""), else the name made name-safe."""
         if self.namespace is not None:
             return self.namespace
-        return re.sub(r"[^A-Za-z0-9_-]", "_", self.name)
+        return _name_safe(self.name)
+
+    @property
+    def resource_key(self) -> str:
+        """The segment that addresses its resources (`metasup://ns/<key>/...`): never empty."""
+        return self.exposed_namespace or _name_safe(self.name)
 
     def watches(self, path: str) -> bool:
         """Whether a change to workspace-relative `path` concerns this server (no `watch`: all do).
@@ -174,7 +189,7 @@ class ServerConfig(_Strict):
 
     @property
     def executable(self) -> str:
-        return sys.executable if self.command in _SELF_PYTHON else self.command
+        return resolve_command(self.command)
 
 
 class SupervisorConfig(_Strict):
@@ -217,6 +232,19 @@ class SupervisorConfig(_Strict):
                     "give one of them its own `namespace`"
                 )
             namespaces[ns] = server.name
+            if len(ns) + len("__") + 1 > MAX_EXPOSED_NAME:
+                raise ValueError(
+                    f"server {server.name!r}: namespace {ns!r} is {len(ns)} characters, so every tool name "
+                    f"would exceed {MAX_EXPOSED_NAME}; set a shorter `namespace`"
+                )
+        keys: dict[str, str] = {}
+        for server in servers:
+            if server.resource_key in keys:
+                raise ValueError(
+                    f"servers {keys[server.resource_key]!r} and {server.name!r} would both address their "
+                    f"resources as metasup://ns/{server.resource_key}/...: give one of them its own `namespace`"
+                )
+            keys[server.resource_key] = server.name
         return servers
 
     def server(self, name: str) -> ServerConfig:

@@ -12,6 +12,7 @@ and the supervisor carries on without its status page.
 
 from __future__ import annotations
 
+import functools
 import hmac
 import ipaddress
 import json
@@ -164,7 +165,9 @@ def _authorized(request: Request, token: str, allow_query: bool) -> bool:
     return hmac.compare_digest(given.strip().encode(), token.encode())
 
 
+@functools.cache
 def _dashboard_html() -> str:
+    """The page, read once: it is package data and does not change while the supervisor runs."""
     return resources.files("metasup_mcp").joinpath("dashboard.html").read_text(encoding="utf-8")
 
 

@@ -20,9 +20,7 @@ from mcp.shared.exceptions import MCPError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from metasup_mcp import __version__
-from metasup_mcp.children.manager import UnknownServer
-from metasup_mcp.evolution.pipeline import ChangeRequest, Progress
-from metasup_mcp.supervisor import ChangeError, Supervisor, SupervisorError
+from metasup_mcp.supervisor import ChangeError, ChangeRequest, Progress, Supervisor, SupervisorError, UnknownServer
 
 logger = logging.getLogger(__name__)
 

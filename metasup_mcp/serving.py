@@ -10,10 +10,10 @@ import uvicorn
 from mcp.server.stdio import stdio_server
 
 from metasup_mcp.config import Config
-from metasup_mcp.http_status import QuietServer, run_status_http
+from metasup_mcp.http_status import QuietServer, is_loopback, run_status_http
 from metasup_mcp.mcp_server import SupervisorSurface
 from metasup_mcp.stdio import wire
-from metasup_mcp.supervisor import Supervisor
+from metasup_mcp.supervisor import Supervisor, SupervisorError
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +37,13 @@ async def serve_stdio(config: Config, args: argparse.Namespace) -> None:
 
 
 async def serve_http(config: Config, args: argparse.Namespace) -> None:
-    """Serve streamable HTTP at http://HOST:PORT/mcp until signalled."""
+    """Serve streamable HTTP at http://HOST:PORT/mcp until signalled (loopback only)."""
+    if not is_loopback(args.host):
+        # Anyone who reaches /mcp can propose changes and roll back: no unauthenticated remote surface.
+        raise SupervisorError(
+            f"--host {args.host} would serve MCP, changes included, to other machines without "
+            "authentication: bind to 127.0.0.1 and put an authenticating reverse proxy in front"
+        )
     supervisor = Supervisor(config)
     async with supervisor.running(), anyio.create_task_group() as tg:
         tg.start_soon(run_status_http, supervisor, config.supervisor.status_http)

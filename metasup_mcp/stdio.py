@@ -24,9 +24,10 @@ import anyio
 import mcp_types as types
 from mcp.shared.message import SessionMessage
 
-from metasup_mcp.aio import BorrowedStream
+from metasup_mcp.aio import BorrowedStream, LineSplitter
 
 _CHUNK = 1 << 16
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # a client line over this is refused, never buffered whole
 
 
 class WireReader(BorrowedStream):
@@ -36,7 +37,7 @@ class WireReader(BorrowedStream):
     def __init__(self, fd: int) -> None:
         self.fd = fd
         self._lines: deque[bytes] = deque()
-        self._partial = b""
+        self._splitter = LineSplitter(MAX_MESSAGE_BYTES)
         self._eof = False
 
     def __aiter__(self) -> WireReader:
@@ -54,13 +55,14 @@ class WireReader(BorrowedStream):
             if not chunk:
                 self._eof = True
                 chunk = b"\n"  # the last line may lack its newline
-            *lines, self._partial = (self._partial + chunk).split(b"\n")
-            self._lines.extend(line for line in lines if line.strip())
+            before = self._splitter.overlong
+            self._lines.extend(line for line in self._splitter.feed(chunk) if line.strip())
+            if self._splitter.overlong > before:
+                return ValueError(f"a message over {MAX_MESSAGE_BYTES} bytes was dropped")
         try:
             return SessionMessage(types.jsonrpc_message_adapter.validate_json(self._lines.popleft(), by_name=False))
         except ValueError as exc:
             return exc
-
 
 
 class WireWriter(BorrowedStream):

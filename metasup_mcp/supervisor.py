@@ -8,6 +8,7 @@ is read from the owners at the time of asking, never copied.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import time
 from collections.abc import AsyncIterator
@@ -21,7 +22,13 @@ from metasup_mcp.children.child import ChildEvent, ManagedChild, Supervision
 from metasup_mcp.children.events import EventHub
 from metasup_mcp.children.manager import ServerManager, UnknownServer
 from metasup_mcp.children.state import ChildState
-from metasup_mcp.children.sweep import claim_instance, new_instance_id, release_instance
+from metasup_mcp.children.sweep import (
+    StateInUse,
+    claim_instance,
+    lock_state_folder,
+    new_instance_id,
+    release_instance,
+)
 from metasup_mcp.config import Config
 from metasup_mcp.evolution.coordinator import select_strategy
 from metasup_mcp.evolution.pipeline import ChangeRequest, Progress
@@ -31,7 +38,7 @@ from metasup_mcp.gateway import Gateway
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ChangeError", "Supervisor", "SupervisorError", "UnknownServer"]
+__all__ = ["ChangeError", "ChangeRequest", "Progress", "Supervisor", "SupervisorError", "UnknownServer"]
 
 
 class SupervisorError(Exception):
@@ -61,37 +68,46 @@ class Supervisor:
             ),
             self._on_child_event,
         )
-        self.gateway = Gateway(self.manager, source=config.source)  # sets each child's session hooks
+        self.gateway = Gateway(self.manager)  # sets each child's session hooks
         self.child_events = EventHub()  # live child events for the safety loop's watchers
-        self.changes = ChangeService(config, lambda: list(self.manager), self.child_events, self._record)
-        self.changes.refuse_reason = self._change_refusal
+        self.changes = ChangeService(
+            config, lambda: list(self.manager), self.child_events, self._record, self.instance_id,
+            refuse_reason=self._change_refusal,
+        )
 
     # -- lifecycle ---------------------------------------------------------------------
 
     @asynccontextmanager
     async def running(self, autostart: bool = True) -> AsyncIterator[Supervisor]:
-        """Prepare the workspace, finish an interrupted change, sweep orphans of a killed
-        predecessor, then run the fleet and the safety loop's watchers."""
-        self._prepare_workspace()
-        claim_instance(self.settings.state_dir, self.instance_id)
-        await self.changes.open()
-        assert self.changes.guard is not None
-        for child in self.manager:
-            child.before_start = self.changes.guard.before_start
-        self._started_monotonic = anyio.current_time()
+        """Hold the state folder, prepare the workspace, finish an interrupted change, sweep
+        orphans of a killed predecessor, then run the fleet and the safety loop's watchers."""
         try:
-            async with anyio.create_task_group() as tg:
-                self._tg = tg
-                tg.start_soon(self.changes.run_background)
-                tg.start_soon(self.gateway.run)
-                try:
-                    async with self.manager.running(autostart=autostart):
-                        yield self
-                finally:
-                    tg.cancel_scope.cancel()  # only once every child has stopped
+            state_lock = lock_state_folder(self.settings.state_dir)
+        except StateInUse as exc:
+            raise SupervisorError(str(exc)) from None
+        try:
+            self._prepare_workspace()
+            claim_instance(self.settings.state_dir, self.instance_id)
+            try:
+                await self.changes.open()
+                assert self.changes.guard is not None
+                for child in self.manager:
+                    child.before_start = self.changes.guard.before_start
+                self._started_monotonic = anyio.current_time()
+                async with anyio.create_task_group() as tg:
+                    self._tg = tg
+                    tg.start_soon(self.changes.run_background)
+                    tg.start_soon(self.gateway.run)
+                    try:
+                        async with self.manager.running(autostart=autostart):
+                            yield self
+                    finally:
+                        tg.cancel_scope.cancel()  # only once every child has stopped
+            finally:
+                self._tg = None
+                release_instance(self.settings.state_dir, self.instance_id)
         finally:
-            self._tg = None
-            release_instance(self.settings.state_dir, self.instance_id)
+            os.close(state_lock)
 
     def _prepare_workspace(self) -> None:
         workspace, template = self.settings.workspace, self.settings.workspace_template
@@ -141,12 +157,15 @@ class Supervisor:
 
     async def emergency_stop(self, reason: str) -> dict[str, Any]:
         """Stop every child and refuse starts until `recover`."""
-        self.mode = "emergency"
-        self.emergency_reason = reason or "emergency stop requested"
-        self._record("emergency", reason=self.emergency_reason)
-        logger.error("EMERGENCY: %s; stopping all servers", self.emergency_reason)
+        self._enter_emergency(reason or "emergency stop requested")
         await self.manager.stop_all()
         return self.supervisor_block()
+
+    def _enter_emergency(self, reason: str) -> None:
+        self.mode = "emergency"
+        self.emergency_reason = reason
+        self._record("emergency", reason=reason)
+        logger.error("EMERGENCY: %s; stopping all servers", reason)
 
     async def recover(self) -> dict[str, Any]:
         """Leave emergency mode and start every enabled server again."""
@@ -169,6 +188,7 @@ class Supervisor:
             self._record("failed_start", server=event.server, reason=event.data.get("reason"))
             if self.consecutive_failures >= self.settings.max_failures and self.mode != "emergency":
                 reason = f"{self.consecutive_failures} consecutive failed starts (max_failures)"
+                self._enter_emergency(reason)  # now, so that exits arriving meanwhile do not trigger it twice
                 if self._tg is not None:  # None only while shutting down
                     self._tg.start_soon(self._automatic_emergency, reason)
         elif event.kind == "stable":
@@ -181,8 +201,13 @@ class Supervisor:
 
     async def _automatic_emergency(self, reason: str) -> None:
         """Too many failures in a row: stop everything, then go back to last good (or a backup)."""
-        await self.emergency_stop(reason)
-        restored = await self.changes.emergency_rollback()
+        await self.manager.stop_all()
+        try:
+            restored = await self.changes.emergency_rollback()
+        except Exception as exc:  # noqa: BLE001 — stay up, stopped, and say what is wrong
+            logger.exception("emergency rollback failed")
+            self.emergency_reason = f"{reason}; rolling back failed too ({exc}): restore the workspace by hand"
+            restored = None
         if restored:
             self._record("rollback", source="emergency", trigger="max_failures", reason=reason, to=restored)
         self._record("emergency_done", rolled_back_to=restored)

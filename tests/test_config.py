@@ -208,3 +208,14 @@ def test_the_effective_config_is_plain_json_with_defaults_filled_in(tmp_path: Pa
     assert server["restart_on_failure"] is True and server["stop_timeout"] == 5.0
     assert effective["supervisor"]["health_checks"]["failure_threshold"] == 3
     assert effective["supervisor"]["workspace"] == str(tmp_path)
+
+
+def test_two_servers_that_would_share_a_resource_address_are_refused_at_load(tmp_path: Path) -> None:
+    path = write(tmp_path, """\
+supervisor:
+  mcp_servers:
+    - {name: x.y, command: python, namespace: ""}
+    - {name: x_y, command: python, namespace: ""}
+""")
+    with pytest.raises(ConfigError, match=r"'x.y' and 'x_y' would both address their resources as metasup://ns/x_y/"):
+        load_config(path)

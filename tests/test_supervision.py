@@ -349,3 +349,4 @@ async def test_a_supervisor_stopped_the_moment_it_started_stops_at_once(
     async with supervisor_factory(config):
         started = anyio.current_time()  # leaving now: the stops meet the children mid-start
     record_timing("stop during start: supervisor gone", anyio.current_time() - started, SLACK)
+

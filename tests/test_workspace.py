@@ -332,3 +332,14 @@ def test_restore_paths_reverts_only_the_named_paths(ws: Workspace) -> None:
     assert not (root / "backend" / "planted.py").exists()
     assert git(root, "status", "--porcelain") == "M app.py"
     ws.restore_paths(good, [])  # nothing to do is fine
+
+
+def test_peek_reads_head_and_last_good_from_the_ref_files_as_git_would(ws: Workspace) -> None:
+    base = ws.head()
+    assert ws.peek() == (base, None)
+    ws.mark_last_good(base)
+    ws.apply([FileChange("new.py", "x = 1\n")])
+    later = ws.commit_all("later")
+    assert ws.peek() == (later, base)
+    git(ws.root, "pack-refs", "--all")  # refs now live in packed-refs only
+    assert ws.peek() == (later, base)

@@ -23,6 +23,7 @@ from mcp.client.session import ElicitationFnT, LoggingFnT, SamplingFnT
 from mcp.shared.exceptions import MCPError
 from pydantic import ValidationError
 
+from metasup_mcp.aio import blocking
 from metasup_mcp.children.health import HealthFigures, HealthLimits, HealthReason, HealthTracker, TreeSampler
 from metasup_mcp.children.process import ChildProcess, SpawnSpec, StderrRing, child_environment, spawn_child
 from metasup_mcp.children.state import ChildState, ChildStateMachine, ExitDecision, RestartPolicy
@@ -369,7 +370,8 @@ class ManagedChild:
         checks = self._supervision.health
         tracker = self._health
         tracker.reset()
-        sampler = TreeSampler(process.pid)  # its first reading primes cpu_percent
+        # psutil reads /proc for the whole tree: off the event loop, like every other blocking call.
+        sampler = await blocking(TreeSampler, process.pid)  # its first reading primes cpu_percent
         due: list[str] = []
         breached = anyio.Event()
 
@@ -391,7 +393,7 @@ class ManagedChild:
                 with anyio.move_on_after(tick - anyio.current_time()):
                     await breached.wait()
                 if not due:
-                    judge(tracker.observe_sample(sampler.sample()))
+                    judge(tracker.observe_sample(await blocking(sampler.sample)))
                 if not due:
                     probes.start_soon(probe)
             probes.cancel_scope.cancel()

@@ -19,14 +19,16 @@ from pathlib import Path
 import anyio
 import mcp_types as types
 from anyio.abc import ByteReceiveStream, ByteSendStream, Process
-from anyio.streams.text import TextReceiveStream
 from mcp.shared.message import SessionMessage
 
-from metasup_mcp.aio import BorrowedStream
+from metasup_mcp.aio import BorrowedStream, LineSplitter
 
 logger = logging.getLogger(__name__)
 
 STDERR_RING_LINES = 500
+# Longest line kept from a child: a message over this is dropped (and counted), a log line cut.
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+MAX_STDERR_LINE_BYTES = 16 * 1024
 # Time a child gets to exit by itself once its stdin is closed, before SIGTERM.
 STDIN_CLOSE_GRACE = 1.0
 # How often exit is noticed; bounds how late an in-flight call learns of a death.
@@ -134,15 +136,13 @@ class ChildProcess:
 
     async def _drain_stderr(self, on_line: Callable[[str], None]) -> None:
         assert self._process.stderr is not None
-        buffer = ""
-        with suppress(anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
-            async for chunk in TextReceiveStream(self._process.stderr, errors="replace"):
-                lines = (buffer + chunk).split("\n")
-                buffer = lines.pop()
-                for line in lines:
-                    on_line(line)
-        if buffer:
-            on_line(buffer)
+        splitter = LineSplitter(MAX_STDERR_LINE_BYTES, truncate=True)
+        with suppress(anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.EndOfStream, OSError):
+            while True:
+                for line in splitter.feed(await self._process.stderr.receive()):
+                    on_line(line.decode(errors="replace"))
+        if rest := splitter.rest():
+            on_line(rest.decode(errors="replace"))
 
 
 class ChildReader(BorrowedStream):
@@ -156,7 +156,7 @@ class ChildReader(BorrowedStream):
         self._child = child
         self._stdout = stdout
         self._lines: collections.deque[bytes] = collections.deque()
-        self._partial = b""
+        self._splitter = LineSplitter(MAX_MESSAGE_BYTES)
 
     def __aiter__(self) -> ChildReader:
         return self
@@ -171,8 +171,11 @@ class ChildReader(BorrowedStream):
                 chunk = await self._stdout.receive()
             except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
                 raise StopAsyncIteration from None
-            *lines, self._partial = (self._partial + chunk).split(b"\n")
-            self._lines.extend(line for line in lines if line.strip())
+            before = self._splitter.overlong
+            self._lines.extend(line for line in self._splitter.feed(chunk) if line.strip())
+            if self._splitter.overlong > before:
+                self._child.garbage_lines += self._splitter.overlong - before
+                self._child.last_garbage = f"a line over {MAX_MESSAGE_BYTES} bytes (dropped)"
 
 
 

@@ -8,6 +8,7 @@ is not its own. The environment cannot be reused by an unrelated process the way
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -31,7 +32,7 @@ def claim_instance(state_dir: Path, instance_id: str) -> list[int]:
     """Kill survivors of earlier instances recorded in `state_dir`, then record this one.
 
     Returns the pids killed. Earlier instances whose supervisor is still alive are left
-    alone (two supervisors on one state folder is refused elsewhere, not here).
+    alone (`exclusive_state` refuses a second live supervisor on one state folder).
     """
     state_dir.mkdir(parents=True, exist_ok=True)
     record = state_dir / _RECORD
@@ -51,6 +52,30 @@ def claim_instance(state_dir: Path, instance_id: str) -> list[int]:
     tmp.write_text(json.dumps(alive))
     os.replace(tmp, record)
     return killed
+
+
+class StateInUse(RuntimeError):
+    """Another live supervisor holds this state folder."""
+
+
+def lock_state_folder(state_dir: Path) -> int:
+    """Hold the state folder (until the returned fd is closed): a second supervisor on it would
+    run a second pipeline over the same journal and workspace. The kernel drops the lock when
+    this process dies, however it dies; children cannot inherit it (the fd is close-on-exec)."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(state_dir / "supervisor.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise StateInUse(
+            f"another metasup-mcp (pid {holder}) is using the state folder {state_dir}: "
+            "stop it, or give this one its own `state_dir` (and workspace)"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    return fd
 
 
 def release_instance(state_dir: Path, instance_id: str) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import shlex
 import signal
-import sys
 import time
 from collections.abc import Sequence
 from contextlib import suppress
@@ -19,17 +18,16 @@ from subprocess import STDOUT
 
 import anyio
 
-from metasup_mcp.config import CheckSpec
+from metasup_mcp.config import CheckSpec, resolve_command
 from metasup_mcp.evolution.proposals import CheckOutcome
 
 BUILTIN_PY_COMPILE = "builtin:py_compile"
 OUTPUT_TAIL_CHARS = 4000
-_SELF_PYTHON = {"python", "python3"}
 
 
-def trigger_for(check: CheckOutcome) -> str:
-    """The rollback trigger a failed check reports: `compile` or `check:<name>`."""
-    return "compile" if check.name == "compile" else f"check:{check.name}"
+def trigger_for(spec: CheckSpec) -> str:
+    """The rollback trigger a failed check reports: `compile` for the builtin, else `check:<name>`."""
+    return "compile" if spec.run == BUILTIN_PY_COMPILE else f"check:{spec.name}"
 
 
 async def run_checks(
@@ -55,8 +53,8 @@ async def run_checks(
 
 def _argv(run: str | list[str]) -> list[str]:
     argv = shlex.split(run) if isinstance(run, str) else list(run)
-    if argv and argv[0] in _SELF_PYTHON:
-        argv[0] = sys.executable
+    if argv:
+        argv[0] = resolve_command(argv[0])
     return argv
 
 
@@ -85,7 +83,7 @@ async def _run_command(argv: list[str], cwd: Path, env: dict[str, str], timeout:
     except OSError as exc:
         return False, f"cannot run {argv[0]!r}: {exc.strerror or exc}"
     chunks: list[bytes] = []
-    async with process:
+    try:
         with anyio.move_on_after(timeout) as scope:
             assert process.stdout is not None
             async for chunk in process.stdout:
@@ -93,14 +91,17 @@ async def _run_command(argv: list[str], cwd: Path, env: dict[str, str], timeout:
                 if sum(map(len, chunks)) > 8 * OUTPUT_TAIL_CHARS:
                     chunks = chunks[-8:]
             await process.wait()
-        if scope.cancelled_caught:
-            with suppress(ProcessLookupError):
+    finally:
+        # Timed out or cancelled: the check's whole group goes. Only while the leader is not
+        # yet reaped, so that its group id cannot have been reused by then.
+        if process.returncode is None:
+            with suppress(ProcessLookupError, PermissionError):
                 os.killpg(process.pid, signal.SIGKILL)
-            with anyio.CancelScope(shield=True):
-                await process.wait()
-            output = b"".join(chunks).decode(errors="replace")
-            return False, f"{output}\n[timed out after {timeout:g}s: {shlex.join(argv)}]"
+        with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+            await process.aclose()
     output = b"".join(chunks).decode(errors="replace")
+    if scope.cancelled_caught:
+        return False, f"{output}\n[timed out after {timeout:g}s: {shlex.join(argv)}]"
     if process.returncode != 0:
         return False, f"{output}\n[exit code {process.returncode}: {shlex.join(argv)}]"
     return True, output

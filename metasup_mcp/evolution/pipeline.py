@@ -28,8 +28,9 @@ from metasup_mcp.config import SupervisorConfig
 from metasup_mcp.evolution.checks import run_checks, trigger_for
 from metasup_mcp.evolution.coordinator import decide_approval
 from metasup_mcp.evolution.proposals import ChangeSummary, Proposal, ProposalStore, new_proposal_id
+from metasup_mcp.evolution.recovery import finish_interrupted
 from metasup_mcp.safety.audit import AuditLog
-from metasup_mcp.safety.journal import CorruptJournal, Journal
+from metasup_mcp.safety.journal import Journal
 from metasup_mcp.safety.rules import ChangePolicy, ChangeSetError, FileChange, parse_changes, validate_changes
 from metasup_mcp.safety.workspace import Workspace, WorkspaceError
 
@@ -40,7 +41,13 @@ Progress = Callable[[str], Awaitable[None]]
 FAULT_ENV = "METASUP_FAULT_AT"
 # Time beyond handshake_timeout + min_runtime that a restarted child gets to prove itself.
 VERIFY_SLACK = 5.0
+# Bound on putting the workspace right after a transaction is cut short (shielded from cancellation).
+RECOVERY_TIMEOUT = 60.0
 STDERR_EVIDENCE_LINES = 20
+
+
+class ChangeError(Exception):
+    """A change or rollback request refused or cut short; the message says why and what to do."""
 
 
 @dataclass(frozen=True)
@@ -50,7 +57,6 @@ class ChangeRequest:
     steps: Sequence[str] = ()
     changes: Sequence[dict[str, Any]] = ()
     dry_run: bool = False
-    proposer: str | None = None
 
 
 class Pipeline:
@@ -64,6 +70,7 @@ class Pipeline:
         audit: AuditLog,
         children: Callable[[], Sequence[ManagedChild]],
         events: EventHub,
+        instance_id: str,
         refuse_reason: Callable[[], str | None] = lambda: None,
         record: Callable[..., None] = lambda kind, **data: None,
     ) -> None:
@@ -75,61 +82,60 @@ class Pipeline:
         self.audit = audit
         self._children = children
         self._events = events
+        self._instance_id = instance_id  # checks carry it, so a killed supervisor's leftovers are swept
         self._refuse_reason = refuse_reason
         self._record = record  # notable events for status and the dashboard
-        self.lock = anyio.Lock()  # also taken by the on-disk guard and by manual rollbacks
-        self._waiting = 0
+        self.lock = anyio.Lock()  # one owner of the workspace at a time: changes, rollbacks, the guard, backups
+        # True while a transaction owns the workspace: the guard must not put its state on trial.
+        self.in_transaction = False
 
     @property
     def queue_length(self) -> int:
-        return self._waiting
+        return self.lock.statistics().tasks_waiting
 
     async def propose(self, request: ChangeRequest, progress: Progress | None = None) -> Proposal:
         say = progress or _quiet
         proposal = Proposal(
             id=new_proposal_id(), title=request.title, description=request.description,
-            steps=list(request.steps), dry_run=request.dry_run, proposer=request.proposer,
+            steps=list(request.steps), dry_run=request.dry_run,
         )
-        proposal.mark("queued", f"position {self._waiting + 1 if self.lock.locked() else 0}")
-        self.store.save(proposal)
-        self.audit.append("proposal", id=proposal.id, title=proposal.title, proposer=request.proposer)
-        if self.lock.locked():
-            await say(f"queued: position {self._waiting + 1}")
-        self._waiting += 1
-        entered = False
-        try:
-            async with self.lock:
-                self._waiting -= 1
-                entered = True
-                return await self._run(proposal, request, say)
-        finally:
-            if not entered:  # cancelled while waiting in the queue
-                self._waiting -= 1
+        position = self.queue_length + 1 if self.lock.locked() else 0
+        proposal.mark("queued", f"position {position}")
+        await self._save(proposal)
+        await self._audit("proposal", id=proposal.id, title=proposal.title)
+        if position:
+            await say(f"queued: position {position}")
+        async with self.lock:
+            return await self._run(proposal, request, say)
 
     async def _run(self, proposal: Proposal, request: ChangeRequest, say: Progress) -> Proposal:
         proposal.mark("validating")
-        changes = self._validate(proposal, request)
+        changes = await self._validate(proposal, request)
         if changes is None:
-            return self._finish(proposal, "rejected")
+            return await self._finish(proposal, "rejected")
         if request.dry_run:
-            return self._finish(proposal, "valid", "dry run: the change set passed validation")
+            return await self._finish(proposal, "valid", "dry run: the change set passed validation")
         proposal.mark("approving")
         decision = decide_approval(self.settings.approval, [c.path for c in changes])
-        self.audit.append("decision", id=proposal.id, decision=decision, mode=self.settings.approval.mode)
+        await self._audit("decision", id=proposal.id, decision=decision, mode=self.settings.approval.mode)
         if decision == "deny":
             proposal.reasons.append("approval mode is deny: no change is applied (set approval.mode to auto or human)")
-            return self._finish(proposal, "rejected")
+            return await self._finish(proposal, "rejected")
         if decision == "human":
             proposal.mark("pending_approval", "an operator must approve this change")
-            self.store.save(proposal)
+            await self._save(proposal)
             return proposal
         refused = self._refuse_reason()
         if refused:
             proposal.reasons.append(refused)
-            return self._finish(proposal, "rejected")
-        return await self._apply_and_verify(proposal, changes, say)
+            return await self._finish(proposal, "rejected")
+        self.in_transaction = True
+        try:
+            return await self._transaction(proposal, changes, say)
+        finally:
+            self.in_transaction = False
 
-    def _validate(self, proposal: Proposal, request: ChangeRequest) -> list[FileChange] | None:
+    async def _validate(self, proposal: Proposal, request: ChangeRequest) -> list[FileChange] | None:
         try:
             changes = parse_changes(list(request.changes))
         except ChangeSetError as exc:
@@ -139,71 +145,105 @@ class Pipeline:
             ChangeSummary(path=c.path, delete=c.delete, bytes=len(c.content.encode()) if c.content else 0)
             for c in changes
         ]
-        violations = validate_changes(changes, self.policy, self.workspace.root)
+        violations = await _io(validate_changes, changes, self.policy, self.workspace.root)
         proposal.reasons.extend(f"{v.rule}: {v.path}: {v.message}" for v in violations)
         return None if violations else changes
 
-    async def _apply_and_verify(self, proposal: Proposal, changes: list[FileChange], say: Progress) -> Proposal:
+    async def _transaction(self, proposal: Proposal, changes: list[FileChange], say: Progress) -> Proposal:
+        """Apply and verify under the journal; whatever interrupts it, the workspace ends on
+        last good (or the change accepted), exactly as a restart of the supervisor would leave it."""
         ws = self.workspace
         last_good = await _io(ws.last_good) or await _io(ws.head)
         proposal.base_commit = await _io(ws.head)
         proposal.mark("applying")
-        self.store.save(proposal)
-        self.journal.begin(proposal.id, base=proposal.base_commit, last_good=last_good)
+        await self._save(proposal)
+        await _io(self.journal.begin, proposal.id, base=proposal.base_commit, last_good=last_good)
+        try:
+            return await self._apply_and_verify(proposal, changes, last_good, say)
+        except BaseException as exc:
+            outcome = await self._resolve_interrupted(proposal, exc)
+            if isinstance(exc, Exception):
+                raise ChangeError(
+                    f"{proposal.id} failed midway ({type(exc).__name__}: {exc}); {outcome}. "
+                    "Nothing was lost: see get_change and the refs under refs/metasup/"
+                ) from exc
+            raise
+
+    async def _resolve_interrupted(self, proposal: Proposal, exc: BaseException) -> str:
+        why = "cancelled" if isinstance(exc, anyio.get_cancelled_exc_class()) else f"failed ({type(exc).__name__})"
+        with anyio.CancelScope(shield=True), anyio.move_on_after(RECOVERY_TIMEOUT):
+            try:
+                outcome = await finish_interrupted(self.workspace, self.journal, self.store, self.audit, why)
+            except Exception:  # the workspace itself is broken: the next start restores a backup
+                logger.exception("could not resolve interrupted transaction %s", proposal.id)
+                return "the workspace could not be put right; restart the supervisor to recover it"
+            if proposal.restarted:  # children may be running the abandoned code
+                for child in self.affected([c.path for c in proposal.changes]):
+                    child.request_restart()
+            return outcome or "it had already finished"
+        return "resolving it timed out; restart the supervisor to recover"
+
+    async def _apply_and_verify(
+        self, proposal: Proposal, changes: list[FileChange], last_good: str, say: Progress
+    ) -> Proposal:
+        ws = self.workspace
         _fault_point("begin")
         proposal.snapshot_ref = await _io(ws.snapshot, f"before {proposal.id}")
-        self.journal.step("snapshot", ref=proposal.snapshot_ref)
+        await _io(self.journal.step, "snapshot", ref=proposal.snapshot_ref)
         _fault_point("snapshot")
         await say("writing the change")
         await _io(ws.apply, changes)
-        self.journal.step("written")
+        await _io(self.journal.step, "written")
         _fault_point("written")
         try:
             proposal.commit = await _io(ws.commit_all, f"metasup: {proposal.title}", {"Metasup-Proposal": proposal.id})
         except WorkspaceError as exc:
-            proposal.reasons.append(f"nothing to apply: {exc}")
-            await _io(ws.reset_to, proposal.base_commit)
-            self.journal.finish("rejected")
-            return self._finish(proposal, "rejected")
-        self.journal.step("committed", commit=proposal.commit)
-        self.audit.append("apply", id=proposal.id, commit=proposal.commit, paths=[c.path for c in changes])
+            if not str(exc).startswith("nothing to commit"):
+                raise
+            proposal.reasons.append("nothing to apply: the workspace already has exactly this content")
+            await _io(self.journal.finish, "rejected")
+            return await self._finish(proposal, "rejected")
+        await _io(self.journal.step, "committed", commit=proposal.commit)
+        await self._audit("apply", id=proposal.id, commit=proposal.commit, paths=[c.path for c in changes])
         _fault_point("committed")
 
         started = time.monotonic()
         proposal.mark("verifying")
-        self.store.save(proposal)
+        await self._save(proposal)
         failure = await self._verify(proposal, changes, say)
         proposal.verify_s = round(time.monotonic() - started, 3)
         if failure is None:
-            await _io(ws.mark_last_good, proposal.commit)
-            self.journal.step("accepted")
+            await _io(self.journal.step, "accepted")  # before last good moves: recovery can redo the move
             _fault_point("accepted")
-            self.audit.append("accepted", id=proposal.id, commit=proposal.commit, verify_s=proposal.verify_s)
-            self.journal.finish("applied")
+            await _io(ws.mark_last_good, proposal.commit)
+            await self._audit("accepted", id=proposal.id, commit=proposal.commit, verify_s=proposal.verify_s)
+            await _io(self.journal.finish, "applied")
             await self._prune()
-            return self._finish(proposal, "applied", f"verified in {proposal.verify_s:.1f}s; last good is now {proposal.commit[:12]}")
+            return await self._finish(
+                proposal, "applied", f"verified in {proposal.verify_s:.1f}s; last good is now {proposal.commit[:12]}"
+            )
         trigger, evidence = failure
         await say(f"verification failed ({trigger}); rolling back to last good")
         await self._roll_back(proposal, last_good, trigger, evidence)
-        self.journal.finish("rolled_back")
-        return self._finish(proposal, "rolled_back", f"{trigger}: rolled back to {last_good[:12]}")
+        await _io(self.journal.finish, "rolled_back")
+        return await self._finish(proposal, "rolled_back", f"{trigger}: rolled back to {last_good[:12]}")
 
     async def _verify(self, proposal: Proposal, changes: list[FileChange], say: Progress) -> tuple[str, str] | None:
         await say("running checks")
         changed = [c.path for c in changes if not c.delete]
-        env = child_environment({}, instance_id="checks")
+        env = child_environment({}, instance_id=self._instance_id)
         proposal.checks = await run_checks(self.settings.checks, self.workspace.root, changed, env)
-        self.journal.step("checked", ok=all(c.ok for c in proposal.checks))
+        await _io(self.journal.step, "checked", ok=all(c.ok for c in proposal.checks))
         _fault_point("checked")
-        for check in proposal.checks:
+        for spec, check in zip(self.settings.checks, proposal.checks, strict=False):
             if not check.ok:
-                return trigger_for(check), check.output_tail
+                return trigger_for(spec), check.output_tail
         affected = self.affected([c.path for c in changes])
         proposal.restarted = [child.name for child in affected]
         if not affected:
             return None
         await say(f"restarting {', '.join(proposal.restarted)} and watching for min_runtime")
-        self.journal.step("restarting", servers=proposal.restarted)
+        await _io(self.journal.step, "restarting", servers=proposal.restarted)
         _fault_point("restarting")
         return await self.watch_restart(affected)
 
@@ -247,22 +287,24 @@ class Pipeline:
     async def _roll_back(self, proposal: Proposal, last_good: str, trigger: str, evidence: str) -> None:
         ws = self.workspace
         assert proposal.commit is not None
-        self.journal.step("rolling_back", trigger=trigger)
+        await _io(self.journal.step, "rolling_back", trigger=trigger)
         proposal.trigger = trigger
         proposal.reasons.append(f"{trigger}: {evidence}".strip())
         proposal.rejected_ref = await _io(ws.keep_rejected, proposal.id, proposal.commit)
+        # Whatever appeared in the tree while it was verified (a child's own writes) is kept too.
+        during = await _io(ws.snapshot, f"during verification of {proposal.id}")
         await _io(ws.reset_to, last_good)
         _fault_point("rolled_back")
-        self.audit.append(
+        await self._audit(
             "rollback", id=proposal.id, trigger=trigger, bad_commit=proposal.commit, to=last_good,
-            rejected_ref=proposal.rejected_ref, evidence=evidence[-2000:],
+            rejected_ref=proposal.rejected_ref, snapshot_ref=during, evidence=evidence[-2000:],
         )
         self._record(
             "rollback", id=proposal.id, source="proposal", trigger=trigger, reason=evidence.splitlines()[0][:300],
             **{"from": proposal.commit, "to": last_good},
         )
         if proposal.restarted:  # children ran the bad code: bring them back on last good
-            await restart_and_settle(self.affected([c.path for c in proposal.changes]))
+            await restart_and_settle([c for c in self._children() if c.name in proposal.restarted])
         await self._prune()
 
     async def _prune(self) -> None:
@@ -271,56 +313,24 @@ class Pipeline:
         except WorkspaceError as exc:
             logger.warning("could not prune old metasup refs: %s", exc)
 
-    def _finish(self, proposal: Proposal, verdict: str, detail: str = "") -> Proposal:
+    async def _finish(self, proposal: Proposal, verdict: str, detail: str = "") -> Proposal:
         proposal.mark(verdict, detail)  # type: ignore[arg-type]
-        self.store.save(proposal)
+        await self._save(proposal)
         if verdict in ("rejected", "valid"):
-            self.audit.append(verdict, id=proposal.id, reasons=proposal.reasons)
+            await self._audit(verdict, id=proposal.id, reasons=proposal.reasons)
         return proposal
+
+    async def _save(self, proposal: Proposal) -> None:
+        await _io(self.store.save, proposal)  # fsync'd: off the event loop
+
+    async def _audit(self, event: str, **data: Any) -> None:
+        await _io(self.audit.append, event, **data)
 
     # -- start-up recovery ------------------------------------------------------------------
 
     async def recover_pending(self) -> str | None:
         """Finish or roll back a transaction a killed supervisor left; return what was done."""
-        record = self.journal.pending()
-        if record is None:
-            return None
-        if isinstance(record, CorruptJournal):
-            self.audit.append("journal_corrupt", problem=record.problem, moved_to=str(record.moved_to))
-            return f"journal unreadable ({record.problem}); moved aside"
-        ws = self.workspace
-        steps = [step.name for step in record.steps]
-        proposal = self.store.get(record.txn_id)
-        last_good = record.data.get("last_good") or await _io(ws.head)
-        base = record.data.get("base") or last_good
-        if "accepted" in steps:
-            outcome, verdict = "applied (the supervisor stopped after acceptance)", "applied"
-        elif "committed" in steps:
-            commit = next(s.data["commit"] for s in record.steps if s.name == "committed")
-            ref = await _io(ws.keep_rejected, record.txn_id, commit)
-            await _io(ws.reset_to, last_good)
-            outcome, verdict = "supervisor restarted mid-verify", "rolled_back"
-            if proposal:
-                proposal.trigger, proposal.rejected_ref, proposal.commit = "supervisor_restart", ref, commit
-        elif "snapshot" in steps:
-            snapshot = next(s.data.get("ref") for s in record.steps if s.name == "snapshot")
-            await _io(ws.reset_to, base)
-            if snapshot:
-                await _io(ws.restore_uncommitted, snapshot)
-            outcome, verdict = "supervisor restarted mid-apply; nothing was committed", "rolled_back"
-            if proposal:
-                proposal.trigger = "supervisor_restart"
-        else:
-            outcome, verdict = "supervisor restarted before anything was written", "rolled_back"
-            if proposal:
-                proposal.trigger = "supervisor_restart"
-        if proposal is not None and proposal.verdict is None:
-            proposal.reasons.append(outcome)
-            self._finish(proposal, verdict, outcome)
-        self.audit.append("recovered", id=record.txn_id, steps=steps, outcome=outcome, verdict=verdict)
-        self.journal.finish(verdict)
-        logger.warning("recovered transaction %s: %s", record.txn_id, outcome)
-        return outcome
+        return await finish_interrupted(self.workspace, self.journal, self.store, self.audit, "supervisor restarted")
 
 
 async def restart_and_settle(children: Sequence[ManagedChild], timeout: float = 30.0) -> None:

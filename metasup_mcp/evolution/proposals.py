@@ -41,7 +41,7 @@ class CheckOutcome(BaseModel):
 
 
 class ChangeSummary(BaseModel):
-    """What a change touches; the content itself lives in the commit (or `pending/` until applied)."""
+    """What a change touches; the content itself lives in the commit."""
 
     path: str
     delete: bool = False
@@ -55,7 +55,6 @@ class Proposal(BaseModel):
     steps: list[str] = []
     changes: list[ChangeSummary] = []
     dry_run: bool = False
-    proposer: str | None = None
     status: Status = "queued"
     verdict: str | None = None
     trigger: str | None = None
@@ -92,9 +91,10 @@ class Proposal(BaseModel):
         }
 
 
-def new_proposal_id() -> str:
+def new_proposal_id(prefix: str = "p") -> str:
+    """`p-<UTC time>-<6 hex>` (`c-…` for on-disk candidates): sortable, unique, a valid ref name."""
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    return f"p-{stamp}-{secrets.token_hex(3)}"
+    return f"{prefix}-{stamp}-{secrets.token_hex(3)}"
 
 
 class ProposalStore:

@@ -5,23 +5,23 @@ on-disk guard and backups — opened before the children start and asked by the 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import anyio
 
-import metasup_mcp
 from metasup_mcp.aio import blocking
 from metasup_mcp.children.child import ManagedChild
 from metasup_mcp.children.events import EventHub
 from metasup_mcp.config import Config
 from metasup_mcp.evolution.coordinator import Performance, measure
-from metasup_mcp.evolution.pipeline import ChangeRequest, Pipeline, Progress, restart_and_settle
-from metasup_mcp.evolution.proposals import Proposal, ProposalStore
-from metasup_mcp.safety.audit import AuditLog
-from metasup_mcp.safety.guard import DiskGuard
-from metasup_mcp.safety.journal import Journal
+from metasup_mcp.evolution.guard import DiskGuard
+from metasup_mcp.evolution.pipeline import ChangeError, ChangeRequest, Pipeline, Progress, restart_and_settle
+from metasup_mcp.evolution.proposals import Proposal, ProposalStore, new_proposal_id
+from metasup_mcp.safety.audit import AuditError, AuditLog
+from metasup_mcp.safety.journal import Journal, JournalError
 from metasup_mcp.safety.rules import ChangePolicy, load_safety_rules
 from metasup_mcp.safety.workspace import Workspace, WorkspaceError
 
@@ -29,20 +29,29 @@ logger = logging.getLogger(__name__)
 
 Recorder = Callable[..., None]
 
+__all__ = ["ChangeError", "ChangeService"]
 
-class ChangeError(Exception):
-    """A change or rollback request refused; the message says why and what to do."""
+# The supervisor's own code: protected if it lies inside the workspace.
+_PACKAGE_DIR = Path(__file__).resolve().parents[1]
 
 
 class ChangeService:
     def __init__(
-        self, config: Config, children: Callable[[], Sequence[ManagedChild]], events: EventHub, record: Recorder
+        self,
+        config: Config,
+        children: Callable[[], Sequence[ManagedChild]],
+        events: EventHub,
+        record: Recorder,
+        instance_id: str,
+        refuse_reason: Callable[[], str | None],
     ) -> None:
         settings = config.supervisor
         self.settings = settings
         self._children = children
         self._events = events
         self._record = record
+        self._instance_id = instance_id
+        self._refuse_reason = refuse_reason
         state = settings.state_dir
         self.backup_dir = state / "backups"
         self.audit = AuditLog(state / "audit.jsonl")
@@ -50,7 +59,7 @@ class ChangeService:
         self.store = ProposalStore(state / "proposals")
         # Protected wherever they are, if they lie inside the workspace: the supervisor's own
         # config, state and code can never be changed by the evolution it supervises.
-        always = [settings.state_dir, Path(metasup_mcp.__file__).parent]
+        always = [settings.state_dir, _PACKAGE_DIR]
         if config.source is not None:
             always.append(config.source)
         if settings.safety_rules_file is not None:
@@ -66,7 +75,6 @@ class ChangeService:
         self.workspace: Workspace | None = None
         self.pipeline: Pipeline | None = None
         self.guard: DiskGuard | None = None
-        self.refuse_reason: Callable[[], str | None] = lambda: None
 
     # -- start-up ---------------------------------------------------------------------------
 
@@ -86,11 +94,13 @@ class ChangeService:
         if await blocking(ws.last_good) is None:
             await blocking(ws.mark_last_good, await blocking(ws.head))  # the initial state is the first good one
         self.workspace = ws
-        self.pipeline = Pipeline(
+        self.pipeline = pipeline = Pipeline(
             ws, settings, self.policy, self.store, self.journal, self.audit, self._children, self._events,
-            refuse_reason=lambda: self.refuse_reason(), record=self._record,
+            self._instance_id, refuse_reason=self._refuse_reason, record=self._record,
         )
-        self.guard = DiskGuard(ws, self.policy, self.pipeline.lock, self._events, self.audit, self._record)
+        self.guard = DiskGuard(
+            ws, self.policy, pipeline.lock, lambda: pipeline.in_transaction, self._events, self.audit, self._record
+        )
         outcome = await self.pipeline.recover_pending()
         if outcome:
             self._record("recovered", outcome=outcome)
@@ -134,7 +144,8 @@ class ChangeService:
 
     async def propose(self, request: ChangeRequest, progress: Progress | None = None) -> Proposal:
         assert self.pipeline is not None
-        return await self.pipeline.propose(request, progress)
+        with _operational_errors("the change"):
+            return await self.pipeline.propose(request, progress)
 
     def get(self, proposal_id: str) -> Proposal:
         proposal = self.store.get(proposal_id)
@@ -151,21 +162,36 @@ class ChangeService:
 
     async def rollback(self, target: str, reason: str) -> dict[str, Any]:
         """Reset to a verified commit (or the initial one), saving the current state first."""
+        with _operational_errors("the rollback"):
+            return await self._rollback(target, reason)
+
+    async def _rollback(self, target: str, reason: str) -> dict[str, Any]:
         assert self.workspace is not None and self.pipeline is not None
         ws = self.workspace
         async with self.pipeline.lock:
             current = await blocking(ws.head)
             to = await self._resolve_target(target)
             snapshot = await blocking(ws.snapshot, f"before rollback to {to[:12]}")
+            kept = await self._keep_unverified(current, to)
             changed = await blocking(ws.changed_paths, to)
             await blocking(ws.reset_to, to)
             await blocking(ws.mark_last_good, to)
             affected = self.pipeline.affected(changed)
-            self.audit.append("rollback", source="operator", trigger="manual", reason=reason,
-                              bad_commit=current, to=to, snapshot_ref=snapshot)
+            await blocking(self.audit.append, "rollback", source="operator", trigger="manual", reason=reason,
+                           bad_commit=current, to=to, snapshot_ref=snapshot, rejected_ref=kept)
             self._record("rollback", source="operator", trigger="manual", reason=reason, **{"from": current, "to": to})
         await restart_and_settle(affected)
-        return {"from": current, "to": to, "snapshot_ref": snapshot, "restarted": [c.name for c in affected]}
+        return {"from": current, "to": to, "snapshot_ref": snapshot, "rejected_ref": kept,
+                "restarted": [c.name for c in affected]}
+
+    async def _keep_unverified(self, current: str, to: str) -> str | None:
+        """Before a reset leaves `current` behind: keep it under a rejected ref unless it stays
+        reachable anyway (verified, or an ancestor of where the workspace goes)."""
+        ws = self.workspace
+        assert ws is not None
+        if current in await blocking(ws.verified_commits) or await blocking(ws.is_ancestor, current, to):
+            return None
+        return await blocking(ws.keep_rejected, new_proposal_id(prefix="r"), current)
 
     async def _resolve_target(self, target: str) -> str:
         ws = self.workspace
@@ -197,28 +223,46 @@ class ChangeService:
         assert self.workspace is not None and self.pipeline is not None
         try:
             async with self.pipeline.lock:
-                last_good = await blocking(self.workspace.last_good)
-                if last_good and await blocking(self.workspace.head) != last_good or await blocking(self.workspace.is_dirty):
-                    await blocking(self.workspace.snapshot, "before emergency rollback")
-                    await blocking(self.workspace.reset_to, last_good)
-                    self.audit.append("rollback", source="emergency", trigger="max_failures", to=last_good)
-                    return last_good
-                return None
+                ws = self.workspace
+                last_good, current = await blocking(ws.last_good), await blocking(ws.head)
+                if last_good is None or (current == last_good and not await blocking(ws.is_dirty)):
+                    return None
+                snapshot = await blocking(ws.snapshot, "before emergency rollback")
+                kept = await self._keep_unverified(current, last_good)
+                await blocking(ws.reset_to, last_good)
+                await blocking(self.audit.append, "rollback", source="emergency", trigger="max_failures",
+                               bad_commit=current, to=last_good, snapshot_ref=snapshot, rejected_ref=kept)
+                return last_good
         except WorkspaceError as exc:
             logger.error("emergency rollback failed (%s): restoring from the newest backup", exc)
-            self.workspace = await self._restore_from_backup()
+            self._use(await self._restore_from_backup())
             return "backup"
+
+    def _use(self, ws: Workspace) -> None:
+        """Point everything that works on the workspace at this one (after a restore)."""
+        self.workspace = ws
+        if self.pipeline is not None:
+            self.pipeline.workspace = ws
+        if self.guard is not None:
+            self.guard.workspace = ws
 
     # -- status -----------------------------------------------------------------------------
 
     def commits(self) -> tuple[str | None, str | None]:
-        """(current, last good), read from git now; (None, None) before the workspace opens or if git fails."""
-        if self.workspace is None:
-            return None, None
-        try:
-            return self.workspace.head(), self.workspace.last_good()
-        except WorkspaceError:
-            return None, None
+        """(current, last good) as the ref files say now; (None, None) before the workspace opens."""
+        return self.workspace.peek() if self.workspace is not None else (None, None)
+
+
+@contextmanager
+def _operational_errors(what: str) -> Iterator[None]:
+    """git, the journal, the audit log or the disk failing: one error a person can act on."""
+    try:
+        yield
+    except (WorkspaceError, JournalError, AuditError, OSError) as exc:
+        raise ChangeError(
+            f"{what} could not be carried out: {exc}. Fix the cause (disk space, permissions, a held "
+            ".git/index.lock) and try again; if the workspace looks wrong, restart the supervisor to recover it"
+        ) from exc
 
 
 def _excludes_for(state_dir: Path, workspace: Path) -> list[str]:

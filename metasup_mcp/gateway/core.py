@@ -19,7 +19,6 @@ import functools
 import logging
 import math
 from collections.abc import Iterable
-from pathlib import Path
 from time import perf_counter
 from typing import Any
 
@@ -34,12 +33,11 @@ from pydantic import TypeAdapter, ValidationError
 from metasup_mcp.children.child import ChildEvent, Connection, ManagedChild
 from metasup_mcp.children.manager import ServerManager
 from metasup_mcp.children.state import ChildState
-from metasup_mcp.config import ConfigError
 from metasup_mcp.gateway import errors
 from metasup_mcp.gateway.catalog import ClaimBook, Index, Kind, Offer, build_index
 from metasup_mcp.gateway.errors import Unanswered
 from metasup_mcp.gateway.listing import list_offer
-from metasup_mcp.gateway.naming import address_uri, namespace_problem, resolve_uri, resource_key
+from metasup_mcp.gateway.naming import address_uri, resolve_uri, resource_key
 from metasup_mcp.gateway.stats import CallStats, Histogram
 from metasup_mcp.gateway.upstream import Upstream, Via, session_hooks
 
@@ -50,10 +48,11 @@ _RAW: TypeAdapter[Any] = TypeAdapter(Any)
 
 
 class Gateway:
-    def __init__(self, manager: ServerManager, source: Path | str | None = None) -> None:
+    def __init__(self, manager: ServerManager) -> None:
         self._children: dict[str, ManagedChild] = {child.name: child for child in manager}
         self._servers = [child.config for child in manager]
-        self._by_key = self._check_names(source)
+        # config.py refuses two servers with one key, and namespaces too long for any tool.
+        self._by_key = {server.resource_key: server.name for server in self._servers}
         self.upstream = Upstream()
         self._offers = {name: Offer() for name in self._children}
         self._stats = {name: CallStats() for name in self._children}
@@ -73,22 +72,6 @@ class Gateway:
         for child in manager:
             via, mark = functools.partial(self._via, child), functools.partial(self._mark, child.name)
             child.hooks = session_hooks(child.name, self.upstream, via, mark)
-
-    def _check_names(self, source: Path | str | None) -> dict[str, str]:
-        """Refuse at start-up what is knowable before any child lists: see naming."""
-        problems = [p for p in map(namespace_problem, self._servers) if p]
-        by_key: dict[str, str] = {}
-        for server in self._servers:
-            key = resource_key(server)
-            if key in by_key:
-                problems.append(
-                    f"servers {by_key[key]!r} and {server.name!r} would both address their resources as "
-                    f"metasup://ns/{key}/...: give one of them its own `namespace`"
-                )
-            by_key[key] = server.name
-        if problems:
-            raise ConfigError(source or "servers.yaml", problems)
-        return by_key
 
     # -- lifecycle and events (from the Supervisor) ----------------------------------------
 

@@ -16,10 +16,10 @@ from __future__ import annotations
 import re
 from fnmatch import fnmatchcase
 
-from metasup_mcp.config import ServerConfig, ToolFilter
+from metasup_mcp.config import MAX_EXPOSED_NAME, ServerConfig, ToolFilter
 
 SEPARATOR = "__"
-MAX_NAME_LENGTH = 64
+MAX_NAME_LENGTH = MAX_EXPOSED_NAME
 EXPOSED_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 URI_PREFIX = "metasup://ns/"
 
@@ -52,20 +52,9 @@ def name_problem(server: str, kind: str, original: str, exposed: str) -> str | N
     )
 
 
-def namespace_problem(server: ServerConfig) -> str | None:
-    """A namespace so long that no tool at all could be exposed under it (knowable at start-up)."""
-    namespace = server.exposed_namespace
-    if len(namespace) + len(SEPARATOR) + 1 > MAX_NAME_LENGTH:
-        return (
-            f"server {server.name!r}: namespace {namespace!r} is {len(namespace)} characters, so every tool "
-            f"name would exceed {MAX_NAME_LENGTH}; set a shorter `namespace`"
-        )
-    return None
-
-
 def resource_key(server: ServerConfig) -> str:
     """The path segment that addresses this server's resources (never empty, never contains `/`)."""
-    return server.exposed_namespace or re.sub(r"[^A-Za-z0-9_-]", "_", server.name)
+    return server.resource_key
 
 
 def address_uri(key: str, uri: str) -> str:

@@ -422,6 +422,33 @@ class Workspace:
     # --- refs --------------------------------------------------------------------------
 
     @_mapped
+    def peek(self) -> tuple[str | None, str | None]:
+        """(HEAD, last good) read from the ref files, without running git: cheap enough for a
+        status poll on the event loop. None where a ref cannot be read this way (callers that
+        must be exact use `head()` and `last_good()`)."""
+        packed: dict[str, str] | None = None
+
+        def ref(name: str) -> str | None:
+            nonlocal packed
+            try:
+                return (self.git_dir / name).read_text(encoding="ascii").strip() or None
+            except (OSError, UnicodeError):
+                pass
+            if packed is None:
+                packed = {}
+                with contextlib.suppress(OSError, UnicodeError):
+                    for line in (self.git_dir / "packed-refs").read_text(encoding="ascii").splitlines():
+                        sha, _, refname = line.partition(" ")
+                        if refname and not line.startswith(("#", "^")):
+                            packed[refname] = sha
+            return packed.get(name)
+
+        head = ref("HEAD")
+        if head is not None and head.startswith("ref: "):
+            head = ref(head[5:])
+        return head, ref(REF_LAST_GOOD)
+
+    @_mapped
     def last_good(self) -> str | None:
         proc = self._git("rev-parse", "--verify", "--quiet", REF_LAST_GOOD + "^{commit}", ok=(0, 1))
         return proc.stdout.decode().strip() if proc.returncode == 0 else None

@@ -247,20 +247,12 @@ class SupervisorConfig(_Strict):
             keys[server.resource_key] = server.name
         return servers
 
-    def server(self, name: str) -> ServerConfig:
-        for server in self.mcp_servers:
-            if server.name == name:
-                return server
-        raise KeyError(name)
 
 
 class Config(_Strict):
     supervisor: SupervisorConfig
     source: Path | None = None  # the file it was read from; always protected
 
-    @property
-    def base_dir(self) -> Path:
-        return self.source.parent if self.source else Path.cwd()
 
 
 def load_config(path: Path | str) -> Config:

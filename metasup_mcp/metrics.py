@@ -4,14 +4,10 @@
 `evolution_status()`, the gateway's latency figures) and turns the answers into metric
 families. It must be collected on the event loop thread that runs the supervisor.
 
-Gateway latency comes from an accessor the gateway provides:
-
-    supervisor.gateway.latency_histogram(server) -> (buckets, sum_seconds, count) | None
-
-where `buckets` is an ascending sequence of `(upper_bound_seconds, cumulative_count)`; an
-object with `bounds`, `counts` (cumulative, one more than `bounds` for +Inf), `sum` and `count`
-(the gateway's `Histogram`) is read as well. While the gateway or the accessor is absent, or it
-answers None, the histogram is left out.
+Gateway latency comes from `supervisor.gateway.latency_histogram(server)`: the gateway's
+`Histogram` (`bounds`, cumulative `counts` with one more entry for +Inf, `sum`, `count`); a
+`(buckets, sum_seconds, count)` tuple of `(upper_bound, cumulative_count)` buckets is read as
+well. A server with no figures yet, or an accessor that fails, leaves the histogram out.
 """
 
 from __future__ import annotations

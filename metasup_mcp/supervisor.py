@@ -53,7 +53,6 @@ class Supervisor:
         self.mode = "normal"
         self.emergency_reason: str | None = None
         self.consecutive_failures = 0
-        self.started_at = time.time()
         self._started_monotonic: float | None = None
         self._tg: TaskGroup | None = None
         self.events: list[dict[str, Any]] = []  # recent notable events, newest last

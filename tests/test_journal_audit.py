@@ -175,7 +175,7 @@ def test_appending_after_a_garbage_last_line_is_refused(tmp_path: Path) -> None:
     _fill(path, 1)
     with open(path, "ab") as f:
         f.write(b"garbage\n")
-    with pytest.raises(AuditError, match="verify_audit_log"):
+    with pytest.raises(AuditError, match="metasup-mcp audit verify"):
         AuditLog(path).append("x")
 
 

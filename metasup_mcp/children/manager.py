@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from contextlib import asynccontextmanager
 from typing import AsyncIterator
@@ -11,8 +10,6 @@ import anyio
 
 from metasup_mcp.children.child import EventSink, ManagedChild, Supervision
 from metasup_mcp.config import ServerConfig
-
-logger = logging.getLogger(__name__)
 
 
 class UnknownServer(KeyError):

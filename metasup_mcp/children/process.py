@@ -1,4 +1,4 @@
-"""One child process: spawn in its own process group, pump MCP over its pipes, drain stderr.
+"""One child process: spawn in its own process group, frame MCP on its pipes, drain stderr.
 
 The child speaks newline-delimited JSON-RPC on stdout; anything else there is recorded and
 dropped, never handed to the session (a child that prints garbage stays usable). stderr is
@@ -78,7 +78,6 @@ class ChildProcess:
     def __init__(self, spec: SpawnSpec, process: Process) -> None:
         self.spec = spec
         self.pid = process.pid
-        self.started_at = anyio.current_time()
         self._process = process
         self.exited = anyio.Event()
         self.garbage_lines = 0

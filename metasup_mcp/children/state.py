@@ -2,7 +2,7 @@
 
 Pure: no processes, no I/O, no asyncio. Time comes from an injected clock (monotonic
 seconds) and jitter from an injected `random.Random`, so every decision is reproducible
-in tests. The manager drives it with events and acts on what it answers.
+in tests. `ManagedChild` drives it with events and acts on what it answers.
 
     stopped/exited/fatal/backoff --begin_start--> starting --handshake_ok--> running
     starting/running --process_exited--> backoff | exited | fatal

@@ -114,7 +114,7 @@ class AuditLog:
             except (ValueError, TypeError, KeyError) as exc:
                 raise AuditError(
                     f"the last line of {self.path} is not an audit entry ({exc}); "
-                    "run verify_audit_log and move the file aside to start a new chain"
+                    "run `metasup-mcp audit verify`, then move the file aside to start a new chain"
                 ) from exc
         if torn:
             dropped = {"bytes": len(torn), "sha256": hashlib.sha256(torn).hexdigest()}

@@ -20,6 +20,7 @@ from mcp.shared.exceptions import MCPError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from metasup_mcp import __version__
+from metasup_mcp import surface_content as content
 from metasup_mcp.supervisor import ChangeError, ChangeRequest, Progress, Supervisor, SupervisorError, UnknownServer
 
 logger = logging.getLogger(__name__)
@@ -245,7 +246,7 @@ class SupervisorSurface:
         self.supervisor = supervisor
         self.tools = {tool.name: tool for tool in (tools or TOOLS)}
         self.gateway = supervisor.gateway
-        self.gateway.reserve(tools=self.tools)
+        self.gateway.reserve(tools=self.tools, prompts=[prompt.name for prompt in content.PROMPTS])
 
     def build(self) -> Server[Any]:
         server = _SurfaceServer(
@@ -296,17 +297,25 @@ class SupervisorSurface:
         self, ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
     ) -> types.ListResourcesResult:
         await self.gateway.first_listing()
-        return types.ListResourcesResult(resources=list(self.gateway.resources()))
+        return types.ListResourcesResult(resources=[*content.RESOURCES, *self.gateway.resources()])
 
     async def _list_resource_templates(
         self, ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
     ) -> types.ListResourceTemplatesResult:
         await self.gateway.first_listing()
-        return types.ListResourceTemplatesResult(resource_templates=list(self.gateway.resource_templates()))
+        return types.ListResourceTemplatesResult(
+            resource_templates=[*content.TEMPLATES, *self.gateway.resource_templates()]
+        )
 
     async def _read_resource(
         self, ctx: ServerRequestContext[Any], params: types.ReadResourceRequestParams
-    ) -> dict[str, Any]:
+    ) -> dict[str, Any] | types.ReadResourceResult:
+        try:
+            own = content.read_resource(self.supervisor, params.uri)
+        except LookupError as exc:
+            raise MCPError(types.INVALID_PARAMS, str(exc)) from None
+        if own is not None:
+            return own
         result = await self.gateway.read_resource(ctx, params.uri)
         if result is None:
             raise MCPError(types.INVALID_PARAMS, f"unknown resource {params.uri!r}; resources/list shows them")
@@ -316,9 +325,17 @@ class SupervisorSurface:
         self, ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
     ) -> types.ListPromptsResult:
         await self.gateway.first_listing()
-        return types.ListPromptsResult(prompts=list(self.gateway.prompts()))
+        return types.ListPromptsResult(prompts=[*content.PROMPTS, *self.gateway.prompts()])
 
-    async def _get_prompt(self, ctx: ServerRequestContext[Any], params: types.GetPromptRequestParams) -> dict[str, Any]:
+    async def _get_prompt(
+        self, ctx: ServerRequestContext[Any], params: types.GetPromptRequestParams
+    ) -> dict[str, Any] | types.GetPromptResult:
+        try:
+            own = content.get_prompt(self.supervisor, params.name, params.arguments)
+        except LookupError as exc:
+            raise MCPError(types.INVALID_PARAMS, str(exc)) from None
+        if own is not None:
+            return own
         result = await self.gateway.get_prompt(ctx, params.name, params.arguments)
         if result is None:
             raise MCPError(types.INVALID_PARAMS, f"unknown prompt {params.name!r}; prompts/list shows them")

@@ -142,6 +142,10 @@ class Supervisor:
         await child.wait_for(lambda c: c.generation > generation and _settled_after_start(c), wait)
         return self.server_status(child)
 
+    def audit_tail(self, entries: int) -> list[dict[str, Any]]:
+        """The newest audit entries, oldest first."""
+        return self.changes.audit.tail(entries)
+
     def server_logs(self, name: str, lines: int = 100) -> list[str]:
         return self.child(name).stderr.tail(lines)
 

@@ -101,7 +101,7 @@ async def test_progress_logging_and_capability_gated_tools_reach_the_client(
         assert up.logs[0].logger is not None and up.logs[0].logger.startswith("everything")
         await up.session.call_tool("everything__toggle-simulated-logging", {})
 
-        resources = (await up.session.list_resources()).resources
+        resources = [r for r in (await up.session.list_resources()).resources if r.uri.startswith("metasup://ns/")]
         assert resources and all(r.uri.startswith("metasup://ns/everything/") for r in resources)
         read = await up.session.read_resource(resources[0].uri)
         assert read.contents[0].uri == resources[0].uri

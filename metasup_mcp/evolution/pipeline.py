@@ -291,8 +291,11 @@ class Pipeline:
         proposal.trigger = trigger
         proposal.reasons.append(f"{trigger}: {evidence}".strip())
         proposal.rejected_ref = await _io(ws.keep_rejected, proposal.id, proposal.commit)
-        # Whatever appeared in the tree while it was verified (a child's own writes) is kept too.
-        during = await _io(ws.snapshot, f"during verification of {proposal.id}")
+        # Servers that ran the change may have written into the tree meanwhile: keep that too.
+        # (A change refused at compile or by a check ran no server; checks write only caches.)
+        during = None
+        if proposal.restarted and await _io(ws.is_dirty):
+            during = await _io(ws.snapshot, f"during verification of {proposal.id}")
         await _io(ws.reset_to, last_good)
         _fault_point("rolled_back")
         await self._audit(

@@ -298,12 +298,11 @@ class Workspace:
         included), its first parent HEAD and, when the index differed from HEAD, a second
         parent whose tree is the index.
         """
-        head = self.head()
+        head, head_tree = self._out("rev-parse", "HEAD", "HEAD^{tree}").split()
         with self._temp_index(copy=True) as env:
             index_tree = self._out("write-tree", env=env)
             self._git("add", "-A", env=env)
             work_tree = self._out("write-tree", env=env)
-        head_tree = self._out("rev-parse", "HEAD^{tree}")
         if index_tree == head_tree == work_tree:
             return None
         parents = [head]
@@ -313,6 +312,9 @@ class Workspace:
         return self._create_ref(REF_SNAPSHOTS + _stamp(), sha)
 
     def _create_ref(self, base: str, sha: str) -> str:
+        first = f"{base}-1"  # almost always free: `base` carries the time to the second
+        if self._git("update-ref", first, sha, _ZERO, ok=(0, 128)).returncode == 0:
+            return first
         taken = {r.name for r in self.list_refs(base)}
         n = 1
         while f"{base}-{n}" in taken:

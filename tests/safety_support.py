@@ -40,7 +40,7 @@ async def served_version(sup: Supervisor) -> str:
     return result.content[0].text  # type: ignore[union-attr]
 
 
-def git(workspace: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=workspace, capture_output=True, text=True, check=True).stdout.strip()
+def git(workspace: Path, *args: str, check: bool = True) -> str:
+    return subprocess.run(["git", *args], cwd=workspace, capture_output=True, text=True, check=check).stdout.strip()
 
 

@@ -187,3 +187,15 @@ async def test_concurrent_proposals_are_serialised_and_told_their_place_in_the_q
         assert first.verdict == second.verdict == "applied"
         assert second.base_commit == first.commit, "the second change is applied on top of the first"
         assert await served_version(sup) == "3"
+
+
+async def test_what_a_restarted_server_wrote_before_failing_is_kept_through_the_rollback(tmp_path, make_config, supervisor_factory):
+    writes_then_dies = "open('written_on_trial.txt', 'w').write('precious')\nraise SystemExit(1)\n"
+    async with supervisor_factory(app_config(make_config, tmp_path)) as sup:
+        result = await propose(sup, "writes then dies", [{"path": "server.py", "content": writes_then_dies}])
+        assert result["verdict"] == "rolled_back" and result["trigger"] in ("early_exit", "handshake")
+        workspace = sup.settings.workspace
+        assert not (workspace / "written_on_trial.txt").exists()
+        snapshots = git(workspace, "for-each-ref", "--format=%(refname)", "refs/metasup/snapshots/").split()
+        kept = [ref for ref in snapshots if "precious" == git(workspace, "show", f"{ref}:written_on_trial.txt", check=False)]
+        assert kept, "the file the server wrote is reachable under refs/metasup/snapshots/"

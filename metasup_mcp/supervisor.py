@@ -139,7 +139,7 @@ class Supervisor:
         self._refuse_in_emergency(f"restart {name!r}")
         generation = child.generation
         child.request_restart()
-        await child.wait_for(lambda c: c.generation > generation and _settled_after_start(c), wait)
+        await child.wait_for(lambda c: c.settled_since(generation), wait)
         return self.server_status(child)
 
     def audit_tail(self, entries: int) -> list[dict[str, Any]]:
@@ -315,10 +315,6 @@ class Supervisor:
         }
 
 
-def _settled_after_start(child: ManagedChild) -> bool:
-    return child.state in (ChildState.RUNNING, ChildState.BACKOFF, ChildState.EXITED, ChildState.FATAL, ChildState.STOPPED)
-
-
 def _started_since(child: ManagedChild, generation: int) -> bool:
     """Running, or a start asked after `generation` has settled (a stopped or fatal child has not)."""
-    return child.state is ChildState.RUNNING or (child.generation > generation and _settled_after_start(child))
+    return child.state is ChildState.RUNNING or child.settled_since(generation)

@@ -186,6 +186,10 @@ class ManagedChild:
         """Whether the supervisor means this child to be running (start asked, not stopped since)."""
         return self._want_running
 
+    def settled_since(self, generation: int) -> bool:
+        """An incarnation newer than `generation` has got past its handshake, or failed it."""
+        return self.generation > generation and self.state not in (ChildState.STARTING, ChildState.STOPPING)
+
     @property
     def at_rest(self) -> bool:
         """No process of this child is running, or will run without a new request."""

@@ -342,9 +342,7 @@ async def restart_and_settle(children: Sequence[ManagedChild], timeout: float = 
     for child in children:
         child.request_restart()
     for child in children:
-        await child.wait_for(
-            lambda c: c.generation > before[c.name] and c.state is not ChildState.STARTING, timeout
-        )
+        await child.wait_for(lambda c: c.settled_since(before[c.name]), timeout)
 
 
 def _evidence(child: ManagedChild, reason: str) -> str:

@@ -64,6 +64,24 @@ def parse_duration(value: Any) -> float:
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 
 
+def parse_fraction(value: Any) -> float:
+    """`10%` or `0.1` → 0.1."""
+    if isinstance(value, str) and value.strip().endswith("%"):
+        try:
+            return float(value.strip()[:-1]) / 100
+        except ValueError:
+            raise ValueError(f"{value!r} is not a percentage such as 10%") from None
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError("expected a fraction such as 0.1 or a percentage such as 10%")
+    try:
+        fraction = float(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a fraction such as 0.1 or a percentage such as 10%") from None
+    if fraction < 0:
+        raise ValueError("cannot be negative")
+    return fraction
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -109,10 +127,58 @@ class CheckSpec(_Strict):
 
 
 class ApprovalSettings(_Strict):
+    """Who approves a change: `auto`, `human` (MCP elicitation or the operator token), `deny`."""
+
     mode: Literal["auto", "human", "deny"] = "auto"
-    human_for: list[str] = []
-    timeout: Duration = 300.0
-    operator_token_file: Path | None = None
+    human_for: list[str] = []  # globs of workspace paths that always need a human
+    timeout: Duration = Field(300.0, gt=0)  # an elicitation unanswered, or a pending proposal, after this is refused
+    operator_token_file: Path | None = None  # must lie outside the workspace; else METASUP_OPERATOR_TOKEN
+
+
+class BenchmarkSettings(_Strict):
+    """A command run on each verified commit; the number on its last output line is the metric."""
+
+    run: str | list[str]
+    timeout: Duration = Field(60.0, gt=0)
+    max_regression: Annotated[float, BeforeValidator(lambda v: parse_fraction(v))] = 0.10
+    higher_is_better: bool = True
+
+
+class StrategyLimits(_Strict):
+    """The most one change may touch under a strategy (None: no limit)."""
+
+    max_files: int | None = Field(None, ge=1)
+    max_lines: int | None = Field(None, ge=1)  # lines added plus lines removed
+
+
+def _default_limits() -> dict[str, StrategyLimits]:
+    return {
+        "metamorphic": StrategyLimits(max_files=2, max_lines=60),
+        "exploratory": StrategyLimits(max_files=10, max_lines=600),
+        "hybrid": StrategyLimits(max_files=5, max_lines=300),
+        "training": StrategyLimits(),
+    }
+
+
+class StrategySettings(_Strict):
+    """The seed's strategy selector, thresholds configurable; each strategy's change limits."""
+
+    metamorphic_after_failures: int = Field(3, ge=0)  # more consecutive failures than this → metamorphic
+    min_gain: float = 0.05  # a performance gain under this → exploratory
+    training: bool = False  # always `training` (the limits of `training` apply)
+    over_limit: Literal["refuse", "human"] = "refuse"
+    limits: dict[Literal["metamorphic", "exploratory", "hybrid", "training"], StrategyLimits] = Field(
+        default_factory=_default_limits
+    )
+
+
+class ReplaySettings(_Strict):
+    """Replay of sampled successful calls to `readOnlyHint: true` tools after each change."""
+
+    max_calls: int = Field(10, ge=0)  # replayed per change (0: replay is off)
+    samples_per_tool: int = Field(3, ge=1)
+    mode: Literal["exact", "shape", "off"] = "exact"  # for tools not named in `tools`
+    tools: dict[str, Literal["exact", "shape", "off"]] = {}  # exposed tool name (glob) → mode
 
 
 class StatusHttpSettings(_Strict):
@@ -208,6 +274,9 @@ class SupervisorConfig(_Strict):
     rollback: RollbackSettings = RollbackSettings()
     checks: list[CheckSpec] = [CheckSpec(name="compile", run="builtin:py_compile")]
     approval: ApprovalSettings = ApprovalSettings()
+    benchmark: BenchmarkSettings | None = None
+    strategy: StrategySettings = StrategySettings()
+    replay: ReplaySettings = ReplaySettings()
     status_http: StatusHttpSettings = StatusHttpSettings()
     mcp_servers: list[ServerConfig] = []
 
@@ -280,7 +349,7 @@ def parse_config(text: str, source: Path) -> Config:
     except ValidationError as exc:
         lines = _key_lines(root)
         raise ConfigError(source, [_describe(error, lines) for error in exc.errors()]) from exc
-    return _resolve_paths(config, source.parent)
+    return _resolve_paths(config, source.parent, source)
 
 
 def _describe(error: Any, lines: dict[tuple[Any, ...], int]) -> str:
@@ -312,7 +381,7 @@ def _key_lines(node: yaml.Node | None, loc: tuple[Any, ...] = ()) -> dict[tuple[
     return lines
 
 
-def _resolve_paths(config: Config, base: Path) -> Config:
+def _resolve_paths(config: Config, base: Path, source: Path) -> Config:
     sup = config.supervisor
 
     def resolve(p: Path | None) -> Path | None:
@@ -328,6 +397,13 @@ def _resolve_paths(config: Config, base: Path) -> Config:
             "approval": approval,
         }
     )
+    token_file = approval.operator_token_file
+    if token_file is not None and token_file.is_relative_to(resolved.workspace):
+        # A child (or a change) could read or replace a token kept where it runs.
+        raise ConfigError(source, [
+            f"supervisor.approval.operator_token_file: {token_file} lies inside the workspace; "
+            "keep the operator token outside it (or use METASUP_OPERATOR_TOKEN)"
+        ])
     return config.model_copy(update={"supervisor": resolved})
 
 

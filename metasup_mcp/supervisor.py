@@ -30,7 +30,7 @@ from metasup_mcp.children.sweep import (
     release_instance,
 )
 from metasup_mcp.config import Config
-from metasup_mcp.evolution.coordinator import select_strategy
+from metasup_mcp.evolution.behaviour import BehaviourCheck, ReplaySamples
 from metasup_mcp.evolution.pipeline import ChangeRequest, Progress
 from metasup_mcp.evolution.proposals import Proposal
 from metasup_mcp.evolution.service import ChangeError, ChangeService
@@ -69,10 +69,15 @@ class Supervisor:
         )
         self.gateway = Gateway(self.manager)  # sets each child's session hooks
         self.child_events = EventHub()  # live child events for the safety loop's watchers
+        self.replay = ReplaySamples(self.settings.state_dir / "replay.json", self.settings.replay)
         self.changes = ChangeService(
             config, lambda: list(self.manager), self.child_events, self._record, self.instance_id,
             refuse_reason=self._change_refusal,
+            behaviour=BehaviourCheck(
+                self.gateway.call_internal, self.gateway.read_only_tools, lambda: self.gateway.settled, self.replay
+            ),
         )
+        self.gateway.on_read_only_result = self._sample_read_only
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -215,6 +220,12 @@ class Supervisor:
             self._record("rollback", source="emergency", trigger="max_failures", reason=reason, to=restored)
         self._record("emergency_done", rolled_back_to=restored)
 
+    def _sample_read_only(self, tool: str, arguments: dict[str, Any] | None, result: dict[str, Any]) -> None:
+        """Keep calls answered by last good only: not while a change is on trial."""
+        pipeline = self.changes.pipeline
+        if pipeline is not None and not pipeline.in_transaction and self.settings.replay.max_calls:
+            self.replay.observe(tool, arguments, result)
+
     def _change_refusal(self) -> str | None:
         if self.mode == "emergency":
             return f"the supervisor is in emergency mode ({self.emergency_reason}); call `recover` first"
@@ -227,6 +238,20 @@ class Supervisor:
 
     def get_change(self, proposal_id: str) -> Proposal:
         return self.changes.get(proposal_id)
+
+    async def decide_change(
+        self, proposal_id: str, approve: bool, token: str, note: str = "", who: str | None = None,
+        via: str = "mcp", progress: Progress | None = None,
+    ) -> Proposal:
+        """approve_change / reject_change: needs the operator token; never the proposer's session."""
+        return await self.changes.decide(proposal_id, approve, token, note, who, via, progress)
+
+    def pending_changes(self) -> list[dict[str, Any]]:
+        """Proposals waiting for a human, newest first, each with its unified `diff`."""
+        return [
+            {**p.model_dump(mode="json"), "diff": self.changes.pending_diff(p.id) or ""}
+            for p in self.changes.list("pending_approval", 100)
+        ]
 
     async def rollback(self, target: str = "last_good", reason: str = "") -> dict[str, Any]:
         self._refuse_in_emergency("roll back")
@@ -254,7 +279,8 @@ class Supervisor:
             "consecutive_failures": self.consecutive_failures,
             "max_failures": self.settings.max_failures,
             "uptime_s": self.uptime_s(),
-            "strategy": select_strategy(self.consecutive_failures, self.changes.performance()),
+            "strategy": (strategy := self.changes.strategy()).name,
+            "strategy_reason": strategy.reason,
             "workspace": str(self.settings.workspace),
         }
 
@@ -294,8 +320,16 @@ class Supervisor:
     def evolution_status(self) -> dict[str, Any]:
         """Strategy, success rate, rollbacks (total and by trigger), mean verify time."""
         performance = self.changes.performance()
+        strategy = self.changes.coordinator.strategy()
         return {
-            "strategy": select_strategy(self.consecutive_failures, performance),
+            "strategy": strategy.name,
+            "strategy_reason": strategy.reason,
+            "strategy_limits": strategy.limits.model_dump(),
+            "consecutive_failed_changes": performance.consecutive_failures,
+            "performance_metric": performance.metric,
+            "gain_source": performance.gain_source,
+            "recent": performance.recent,
+            "pending_approval": len(self.changes.list("pending_approval", 1000)),
             "proposals": performance.proposals,
             "applied": performance.applied,
             "rolled_back": performance.rolled_back,

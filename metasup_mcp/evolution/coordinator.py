@@ -1,80 +1,93 @@
-"""The seed's evolution coordinator: strategy selector, change approver, performance tracker.
+"""The seed's evolution coordinator: performance tracker, strategy selector, change approver.
 
-Everything here is derived from the proposal history at the time of asking; nothing is
-counted separately, so the figures can never drift from what the store says happened.
+It composes `performance` (figures from the proposal history; the benchmark), `strategy`
+(which strategy now, and why; its limits) and `approval` (who decides). The pipeline asks it
+at the approval stage and after a verified commit; the status asks it for the strategy.
 """
 
 from __future__ import annotations
 
-import fnmatch
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from pathlib import Path
 
-from metasup_mcp.config import ApprovalSettings
-from metasup_mcp.evolution.proposals import Proposal
+from metasup_mcp.config import CheckSpec, SupervisorConfig
+from metasup_mcp.evolution.approval import Decision, DiffSummary, decide, summarize
+from metasup_mcp.evolution.checks import run_checks
+from metasup_mcp.evolution.performance import MetricStore, Performance, measure, parse_metric, relative_gain
+from metasup_mcp.evolution.proposals import ProposalStore
+from metasup_mcp.evolution.strategy import StrategyChoice, select_strategy
+from metasup_mcp.safety.rules import FileChange
 
-Strategy = Literal["metamorphic", "exploratory", "hybrid"]
-Decision = Literal["approve", "deny", "human"]
-_WINDOW = 10  # proposals per window when measuring the trend
+__all__ = ["Assessment", "BenchmarkOutcome", "Coordinator", "Performance", "measure"]
 
 
 @dataclass(frozen=True)
-class Performance:
-    proposals: int
-    applied: int
-    rolled_back: int
-    rejected: int
-    success_rate: float | None  # applied / (applied + rolled_back): of the changes that ran
-    gain: float | None  # success rate of the last window minus the one before
-    rollbacks_by_trigger: dict[str, int]
-    mean_verify_s: float | None
+class Assessment:
+    """What the approver made of one validated change."""
+
+    decision: Decision
+    strategy: StrategyChoice
+    diff: DiffSummary
+    diff_text: str
 
 
-def measure(history: Sequence[Proposal]) -> Performance:
-    ran = sorted((p for p in history if p.verdict in ("applied", "rolled_back")), key=lambda p: p.created_at)
-    verdicts = Counter(p.verdict for p in history)
-    verify_times = [p.verify_s for p in ran if p.verify_s is not None]
-    return Performance(
-        proposals=len(history),
-        applied=verdicts["applied"],
-        rolled_back=verdicts["rolled_back"],
-        rejected=verdicts["rejected"],
-        success_rate=_rate(ran),
-        gain=_gain(ran),
-        rollbacks_by_trigger=dict(Counter(p.trigger or "unknown" for p in ran if p.verdict == "rolled_back")),
-        mean_verify_s=round(sum(verify_times) / len(verify_times), 3) if verify_times else None,
-    )
+@dataclass(frozen=True)
+class BenchmarkOutcome:
+    metric: float | None
+    baseline: float | None
+    gain: float | None
+    output: str
+    regression: str | None  # why the change must be rolled back (trigger `regression`); None if not
 
 
-def _rate(ran: Sequence[Proposal]) -> float | None:
-    return round(sum(p.verdict == "applied" for p in ran) / len(ran), 3) if ran else None
+class Coordinator:
+    def __init__(self, settings: SupervisorConfig, store: ProposalStore, metrics: MetricStore) -> None:
+        self.settings = settings
+        self.store = store
+        self.metrics = metrics
 
+    def performance(self) -> Performance:
+        return measure(self.store.all())
 
-def _gain(ran: Sequence[Proposal]) -> float | None:
-    if len(ran) < 2 * _WINDOW:
-        return None
-    recent, before = _rate(ran[-_WINDOW:]), _rate(ran[-2 * _WINDOW : -_WINDOW])
-    assert recent is not None and before is not None
-    return round(recent - before, 3)
+    def strategy(self) -> StrategyChoice:
+        return select_strategy(self.settings.strategy, self.performance())
 
+    def assess(self, root: Path, changes: Sequence[FileChange]) -> Assessment:
+        strategy = self.strategy()
+        diff, text = summarize(root, changes)
+        decision = decide(self.settings.approval, self.settings.strategy, strategy, [c.path for c in changes], diff)
+        return Assessment(decision, strategy, diff, text)
 
-def select_strategy(consecutive_failures: int, performance: Performance) -> Strategy:
-    """The seed's rule: many failures → safe metamorphic steps; stagnation → explore; else hybrid."""
-    if consecutive_failures > 3:
-        return "metamorphic"
-    if performance.gain is not None and performance.gain < 0.05 and (performance.success_rate or 0) < 0.9:
-        return "exploratory"
-    return "hybrid"
+    # -- the benchmark ---------------------------------------------------------------------
 
+    async def measure_commit(self, commit: str, root: Path, env: dict[str, str]) -> tuple[float | None, str]:
+        """Run the benchmark on the workspace as it is now (at `commit`); remember its metric."""
+        bench = self.settings.benchmark
+        assert bench is not None
+        spec = CheckSpec(name="benchmark", run=bench.run, timeout=bench.timeout)
+        (outcome,) = await run_checks([spec], root, [], env)
+        metric = parse_metric(outcome.output_tail) if outcome.ok else None
+        if metric is not None:
+            self.metrics.put(commit, metric)
+        return metric, outcome.output_tail
 
-def decide_approval(settings: ApprovalSettings, changed_paths: Sequence[str]) -> Decision:
-    """auto approves unless a path matches `human_for`; human always asks; deny refuses."""
-    if settings.mode == "deny":
-        return "deny"
-    if settings.mode == "human":
-        return "human"
-    if any(fnmatch.fnmatch(path, pattern) for path in changed_paths for pattern in settings.human_for):
-        return "human"
-    return "approve"
+    async def judge(self, commit: str, baseline_commit: str, root: Path, env: dict[str, str]) -> BenchmarkOutcome:
+        """The benchmark on a verified `commit` against the previous last good's metric."""
+        bench = self.settings.benchmark
+        assert bench is not None
+        baseline = self.metrics.get(baseline_commit)
+        metric, output = await self.measure_commit(commit, root, env)
+        if metric is None:
+            why = f"the benchmark gave no number on its last output line:\n{output[-1000:]}"
+            return BenchmarkOutcome(None, baseline, None, output, why)
+        if baseline is None:
+            return BenchmarkOutcome(metric, None, None, output, None)
+        gain = relative_gain(bench, baseline, metric)
+        regression = None
+        if -gain > bench.max_regression:
+            regression = (
+                f"benchmark metric {metric:g} is {-gain:.1%} worse than last good's {baseline:g} "
+                f"(benchmark.max_regression is {bench.max_regression:.1%})"
+            )
+        return BenchmarkOutcome(metric, baseline, gain, output, regression)

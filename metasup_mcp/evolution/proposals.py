@@ -69,6 +69,15 @@ class Proposal(BaseModel):
     created_at: float = Field(default_factory=time.time)
     finished_at: float | None = None
     verify_s: float | None = None
+    lines_added: int = 0
+    lines_removed: int = 0
+    strategy: str | None = None  # the strategy in force when it was decided
+    approval: dict[str, Any] | None = None  # {decision, decided_by, reason, at}: who or what decided
+    expires_at: float | None = None  # a pending_approval proposal is refused after this
+    verify: list[dict[str, Any]] = []  # the agent's behaviour checks ({tool, arguments, expect, match})
+    behaviour: list[dict[str, Any]] = []  # what the verify calls and the replay found
+    metric: float | None = None  # the benchmark's metric on this commit
+    gain: float | None = None  # against the previous last good (fraction; negative: worse)
 
     def mark(self, status: Status, detail: str = "") -> None:
         self.status = status

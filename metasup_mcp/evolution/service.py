@@ -16,7 +16,11 @@ from metasup_mcp.aio import blocking
 from metasup_mcp.children.child import ManagedChild
 from metasup_mcp.children.events import EventHub
 from metasup_mcp.config import Config
-from metasup_mcp.evolution.coordinator import Performance, measure
+from metasup_mcp.evolution.approval import PendingContent, token_problem
+from metasup_mcp.evolution.behaviour import BehaviourCheck
+from metasup_mcp.evolution.coordinator import Coordinator, Performance
+from metasup_mcp.evolution.performance import MetricStore
+from metasup_mcp.evolution.strategy import StrategyChoice
 from metasup_mcp.evolution.guard import DiskGuard
 from metasup_mcp.evolution.pipeline import ChangeError, ChangeRequest, Pipeline, Progress, restart_and_settle
 from metasup_mcp.evolution.proposals import Proposal, ProposalStore, new_proposal_id
@@ -44,6 +48,7 @@ class ChangeService:
         record: Recorder,
         instance_id: str,
         refuse_reason: Callable[[], str | None],
+        behaviour: BehaviourCheck | None = None,
     ) -> None:
         settings = config.supervisor
         self.settings = settings
@@ -57,6 +62,9 @@ class ChangeService:
         self.audit = AuditLog(state / "audit.jsonl")
         self.journal = Journal(state / "journal.json")
         self.store = ProposalStore(state / "proposals")
+        self.coordinator = Coordinator(settings, self.store, MetricStore(state / "metrics.json"))
+        self.pending = PendingContent(state / "pending")
+        self.behaviour = behaviour
         # Protected wherever they are, if they lie inside the workspace: the supervisor's own
         # config, state and code can never be changed by the evolution it supervises.
         always = [settings.state_dir, _PACKAGE_DIR]
@@ -97,6 +105,7 @@ class ChangeService:
         self.pipeline = pipeline = Pipeline(
             ws, settings, self.policy, self.store, self.journal, self.audit, self._children, self._events,
             self._instance_id, refuse_reason=self._refuse_reason, record=self._record,
+            coordinator=self.coordinator, pending=self.pending, behaviour=self.behaviour,
         )
         self.guard = DiskGuard(
             ws, self.policy, pipeline.lock, lambda: pipeline.in_transaction, self._events, self.audit, self._record
@@ -123,8 +132,18 @@ class ChangeService:
         assert self.guard is not None
         async with anyio.create_task_group() as tg:
             tg.start_soon(self.guard.run)
+            tg.start_soon(self._expire_pending)
             if self.settings.rollback.enabled:
                 tg.start_soon(self._backups)
+
+    async def _expire_pending(self) -> None:
+        """Refuse proposals left pending past `approval.timeout` (checked a few times per timeout)."""
+        assert self.pipeline is not None
+        interval = min(5.0, self.settings.approval.timeout / 4)
+        while True:
+            for proposal_id in await self.pipeline.expire_pending():
+                self._record("approval_expired", id=proposal_id)
+            await anyio.sleep(interval)
 
     async def _backups(self) -> None:
         while True:
@@ -158,7 +177,54 @@ class ChangeService:
         return self.store.list(status, limit)
 
     def performance(self) -> Performance:
-        return measure(self.store.all())
+        return self.coordinator.performance()
+
+    def strategy(self) -> StrategyChoice:
+        return self.coordinator.strategy()
+
+    async def decide(
+        self, proposal_id: str, approve: bool, token: str, note: str, who: str | None, via: str,
+        progress: Progress | None = None,
+    ) -> Proposal:
+        """An operator approves or rejects a pending proposal: the token is checked, and the
+        session that proposed it can never approve it (`who`: the asking connection's identity)."""
+        assert self.pipeline is not None
+        await self.pipeline.expire_pending()
+        proposal = self.get(proposal_id)
+        problem = token_problem(self.settings.approval, token)
+        if problem is not None:
+            self.audit.append("decision_refused", id=proposal_id, via=via, reason=problem)
+            raise ChangeError(f"cannot {'approve' if approve else 'reject'} {proposal_id}: {problem}")
+        if proposal.status != "pending_approval":
+            raise ChangeError(
+                f"{proposal_id} is not waiting for approval (it is {proposal.verdict or proposal.status})"
+            )
+        content = self.pending.get(proposal_id)
+        if approve and who is not None and content is not None and content.get("proposer") == who:
+            self.audit.append("decision_refused", id=proposal_id, via=via, reason="self-approval")
+            raise ChangeError(
+                f"cannot approve {proposal_id}: this session proposed it, and a change is never approved by the "
+                "session that proposed it; approve it from another session, `metasup-mcp approve`, or the dashboard"
+            )
+        decided_by = f"operator ({via})"
+        with _operational_errors("the change"):
+            return await self.pipeline.decide_pending(proposal, approve, decided_by, note, progress)
+
+    async def answer_elicitation(self, proposal_id: str, action: str, progress: Progress | None = None) -> Proposal:
+        """The proposing client's answer, on retry, to the approval it was asked (2026-07-28 era)."""
+        assert self.pipeline is not None
+        await self.pipeline.expire_pending()
+        proposal = self.get(proposal_id)
+        if proposal.status != "pending_approval":
+            return proposal  # expired or already decided: its verdict says so
+        approve = action == "accept"
+        who = f"human (MCP elicitation, {action})"
+        with _operational_errors("the change"):
+            return await self.pipeline.decide_pending(proposal, approve, who, "" if approve else action, progress)
+
+    def pending_diff(self, proposal_id: str) -> str | None:
+        content = self.pending.get(proposal_id)
+        return None if content is None else str(content.get("diff", ""))
 
     async def rollback(self, target: str, reason: str) -> dict[str, Any]:
         """Reset to a verified commit (or the initial one), saving the current state first."""

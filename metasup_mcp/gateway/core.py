@@ -18,7 +18,8 @@ from __future__ import annotations
 import functools
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from types import SimpleNamespace
 from time import perf_counter
 from typing import Any
 
@@ -43,6 +44,8 @@ from metasup_mcp.gateway.upstream import Upstream, Via, session_hooks
 
 logger = logging.getLogger(__name__)
 
+# The request context of the supervisor's own calls (verify and replay): no upstream session.
+_INTERNAL: Any = SimpleNamespace(session=None, request_id=None, protocol_version="2025-11-25", meta=None)
 # The result as the SDK validated it, unconverted (no model built, none dumped again).
 _RAW: TypeAdapter[Any] = TypeAdapter(Any)
 
@@ -61,7 +64,7 @@ class Gateway:
         self._busy: set[str] = set()  # children being re-listed right now
         self._listed_once: set[str] = set()  # children listed live at least once (see first_listing)
         self._relisted = anyio.Event()  # set, and replaced, after every re-listing
-        self._inflight: dict[str, dict[anyio.CancelScope, tuple[Via, Connection]]] = {n: {} for n in self._children}
+        self._inflight: dict[str, dict[anyio.CancelScope, tuple[Via | None, Connection]]] = {n: {} for n in self._children}
         self._watched: set[tuple[str, int]] = set()  # (server, generation) with a death watcher
         self._claims = ClaimBook()
         self._reserved_tools: frozenset[str] = frozenset()
@@ -69,6 +72,9 @@ class Gateway:
         self._index = Index()
         self._reported: dict[str, str | None] = {name: None for name in self._children}
         self._tg: TaskGroup | None = None
+        # Told of each successful call to a readOnlyHint tool (the replay sample; None: off).
+        self.on_read_only_result: Callable[[str, dict[str, Any] | None, dict[str, Any]], None] | None = None
+        self._read_only: tuple[Index | None, set[str]] = (None, set())
         for child in manager:
             via, mark = functools.partial(self._via, child), functools.partial(self._mark, child.name)
             child.hooks = session_hooks(child.name, self.upstream, via, mark)
@@ -169,7 +175,33 @@ class Gateway:
         stats.record(perf_counter() - started, error=bool(raw.get("isError")))
         if raw.get("content"):
             _readdress_links(raw["content"], resource_key(child.config))
+        if self.on_read_only_result is not None and not raw.get("isError") and name in self.read_only_tools():
+            self.on_read_only_result(name, arguments, raw)
         return raw
+
+    # -- behaviour: the safety loop's own calls and the replay sample (evolution/behaviour.py) --
+
+    def read_only_tools(self, servers: Iterable[str] | None = None) -> set[str]:
+        """Exposed names of tools annotated `readOnlyHint: true` (of `servers`, if given)."""
+        index = self._index
+        if self._read_only[0] is not index:
+            marked = {t.name for t in index.tool_list if t.annotations is not None and t.annotations.read_only_hint}
+            self._read_only = (index, marked)
+        wanted = None if servers is None else set(servers)
+        return {n for n in self._read_only[1] if wanted is None or index.tools[n].server in wanted}
+
+    async def call_internal(self, name: str, arguments: dict[str, Any] | None) -> dict[str, Any]:
+        """Call an exposed tool for the supervisor itself (no upstream request): the raw result, or a
+        tool error saying why it got none. Not counted in the call statistics, never sampled."""
+        route = self._index.tools.get(name)
+        if route is None:
+            return {"content": [{"type": "text", "text": f"no running server offers the tool {name!r}"}],
+                    "isError": True}
+        request = types.CallToolRequest(params=types.CallToolRequestParams(name=route.name, arguments=arguments))
+        try:
+            return await self._forward(_INTERNAL, self._children[route.server], request, name, None)
+        except Unanswered as failure:
+            return {"content": [{"type": "text", "text": failure.message}], "isError": True}
 
     async def read_resource(self, ctx: ServerRequestContext[Any], uri: str) -> dict[str, Any] | None:
         """Read a re-addressed resource from its child; None if `uri` is not one of ours."""
@@ -215,7 +247,8 @@ class Gateway:
             connection = await self._await_connection(child, what)
         scope = anyio.CancelScope(deadline=anyio.current_time() + child.config.call_timeout)
         calls = self._inflight[child.name]
-        calls[scope] = (Via(ctx.session, ctx.request_id), connection)
+        # The supervisor's own calls have no upstream request: the child's side traffic goes nowhere special.
+        calls[scope] = (Via(ctx.session, ctx.request_id) if ctx.session is not None else None, connection)
         if self._tg is not None and (child.name, connection.generation) not in self._watched:
             self._watched.add((child.name, connection.generation))
             self._tg.start_soon(self._cancel_on_death, child.name, connection)

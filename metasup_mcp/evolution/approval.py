@@ -1,0 +1,168 @@
+"""The change approver: who decides whether a validated change may be applied.
+
+`approval.mode` sets the rule (`auto`, `human`, `deny`); `approval.human_for` globs and the
+current strategy's limits (see `strategy`) can force a human. A human answers through MCP
+elicitation on the proposing client, or later with the operator token (`approve_change`,
+`metasup-mcp approve`, the dashboard). The token is compared in constant time and never
+stored beside the proposal, shown in status, logged or audited.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import hmac
+import json
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from metasup_mcp.config import ApprovalSettings, StrategySettings
+from metasup_mcp.evolution.strategy import StrategyChoice, over_limits
+from metasup_mcp.safety.journal import atomic_write
+from metasup_mcp.safety.rules import FileChange
+
+if TYPE_CHECKING:
+    from metasup_mcp.evolution.coordinator import Assessment
+    from metasup_mcp.evolution.proposals import Proposal
+
+OPERATOR_TOKEN_ENV = "METASUP_OPERATOR_TOKEN"
+Verdict = Literal["approve", "deny", "human", "refuse"]
+Answer = Literal["accept", "decline", "cancel", "timeout", "unavailable", "deferred"]
+
+
+@dataclass(frozen=True)
+class Decision:
+    verdict: Verdict
+    reason: str
+    decided_by: str  # "policy:auto", "policy:deny", "strategy:<name>", ...
+
+
+@dataclass(frozen=True)
+class DiffSummary:
+    files: list[dict[str, Any]]  # [{path, added, removed, delete}]
+
+    @property
+    def added(self) -> int:
+        return sum(f["added"] for f in self.files)
+
+    @property
+    def removed(self) -> int:
+        return sum(f["removed"] for f in self.files)
+
+    def text(self) -> str:
+        rows = [f"  {f['path']}: {'deleted, ' if f['delete'] else ''}+{f['added']} -{f['removed']}" for f in self.files]
+        return "\n".join([f"{len(self.files)} file(s), +{self.added} -{self.removed} lines", *rows])
+
+
+def summarize(root: Path, changes: Sequence[FileChange]) -> tuple[DiffSummary, str]:
+    """Lines added and removed per file against what is on disk now, and a unified diff."""
+    files, diffs = [], []
+    for change in changes:
+        before = _read(root / change.path)
+        after = [] if change.delete else (change.content or "").splitlines(keepends=True)
+        diff = list(difflib.unified_diff(before, after, f"a/{change.path}", f"b/{change.path}", n=2))
+        added = sum(1 for line in diff if line.startswith("+") and not line.startswith("+++"))
+        removed = sum(1 for line in diff if line.startswith("-") and not line.startswith("---"))
+        files.append({"path": change.path, "added": added, "removed": removed, "delete": change.delete})
+        diffs.append("".join(diff))
+    return DiffSummary(files), "".join(diffs)
+
+
+def _read(path: Path) -> list[str]:
+    try:
+        return path.read_text(errors="replace").splitlines(keepends=True)
+    except (OSError, ValueError):  # absent, a folder, unreadable: all of it is new
+        return []
+
+
+def decide(
+    settings: ApprovalSettings, strategy_settings: StrategySettings, strategy: StrategyChoice,
+    changed_paths: Sequence[str], diff: DiffSummary,
+) -> Decision:
+    """deny refuses; the strategy's limits refuse or ask a human; human_for and human ask; else approve."""
+    if settings.mode == "deny":
+        return Decision("deny", "approval mode is deny: no change is applied (set approval.mode to auto or human)",
+                        "policy:deny")
+    over = over_limits(strategy.limits, strategy.name, len(changed_paths), diff.added + diff.removed)
+    if over is not None:
+        if strategy_settings.over_limit == "refuse":
+            return Decision("refuse", f"{over} (split it, or set strategy.over_limit: human)", f"strategy:{strategy.name}")
+        return Decision("human", over, f"strategy:{strategy.name}")
+    if settings.mode == "human":
+        return Decision("human", "approval mode is human", "policy:human")
+    matched = [p for p in changed_paths if any(fnmatch.fnmatch(p, glob) for glob in settings.human_for)]
+    if matched:
+        return Decision("human", f"{', '.join(matched)} match approval.human_for", "policy:human_for")
+    return Decision("approve", "approval mode is auto", "policy:auto")
+
+
+def operator_token(settings: ApprovalSettings) -> str | None:
+    """The operator token: `approval.operator_token_file` if set, else METASUP_OPERATOR_TOKEN."""
+    if settings.operator_token_file is not None:
+        try:
+            token = settings.operator_token_file.read_text().strip()
+        except OSError:
+            return None
+        return token or None
+    return os.environ.get(OPERATOR_TOKEN_ENV) or None
+
+
+def token_problem(settings: ApprovalSettings, given: str) -> str | None:
+    """Why `given` does not authorize an operator action; None if it does."""
+    expected = operator_token(settings)
+    if expected is None:
+        where = settings.operator_token_file or f"the {OPERATOR_TOKEN_ENV} environment variable"
+        return (f"no operator token is configured ({where} is unset or unreadable): set {OPERATOR_TOKEN_ENV} "
+                "in the supervisor's environment or approval.operator_token_file, then restart it")
+    if not hmac.compare_digest(given.encode(), expected.encode()):
+        return "the operator token is wrong"
+    return None
+
+
+@dataclass(frozen=True)
+class ApprovalQuestion:
+    """What a human is shown when asked to approve: title, steps, the diff summary, why asked."""
+
+    proposal_id: str
+    title: str
+    steps: list[str]
+    diff: DiffSummary
+    reason: str
+
+    @classmethod
+    def of(cls, proposal: Proposal, assessment: Assessment) -> ApprovalQuestion:
+        return cls(proposal.id, proposal.title, list(proposal.steps), assessment.diff, assessment.decision.reason)
+
+    def message(self) -> str:
+        steps = "".join(f"\n  {n}. {step}" for n, step in enumerate(self.steps, 1)) or " (none given)"
+        return (
+            f"Approve change {self.proposal_id}: {self.title}\nSteps:{steps}\n{self.diff.text()}\n"
+            f"Asked because: {self.reason}. Accept applies it (then it is verified and may be rolled back); "
+            "decline refuses it."
+        )
+
+
+class PendingContent:
+    """The full content of proposals waiting for a human, one JSON file each in the state folder."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def put(self, proposal_id: str, changes: list[dict[str, Any]], verify: list[dict[str, Any]],
+            proposer: str | None, diff: str) -> None:
+        data = {"changes": changes, "verify": verify, "proposer": proposer, "diff": diff, "stored_at": time.time()}
+        atomic_write(self.folder / f"{proposal_id}.json", json.dumps(data).encode())
+
+    def get(self, proposal_id: str) -> dict[str, Any] | None:
+        try:
+            return json.loads((self.folder / f"{proposal_id}.json").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def drop(self, proposal_id: str) -> None:
+        (self.folder / f"{proposal_id}.json").unlink(missing_ok=True)

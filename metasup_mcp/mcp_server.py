@@ -21,6 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from metasup_mcp import __version__
 from metasup_mcp import surface_content as content
+from metasup_mcp.elicitation import Elicitation, connection_identity
+from metasup_mcp.elicitation import resumed as elicitation_resumed
 from metasup_mcp.supervisor import ChangeError, ChangeRequest, Progress, Supervisor, SupervisorError, UnknownServer
 
 logger = logging.getLogger(__name__)
@@ -58,7 +60,19 @@ class ProposeArgs(_Args):
         description="Stage 3, the edit: [{path, content}] or [{path, delete: true}] "
         "(also {file, content} and {filename, contents}); paths relative to the workspace"
     )
+    verify: list[dict[str, Any]] = Field(
+        [], description="Behaviour checks run through the gateway against the restarted servers before the "
+        "change is kept: [{tool: <namespace>__<tool>, arguments: {}, expect: <tool result, e.g. "
+        "{structuredContent: {...}}>, match: subset|exact}]; expect defaults to {isError: false}. A mismatch "
+        "rolls the change back (trigger behaviour:<tool>)",
+    )
     dry_run: bool = Field(False, description="Validate only; write nothing")
+
+
+class DecideArgs(_Args):
+    id: str = Field(description="The id of a proposal waiting for approval (pending_approval)")
+    token: str = Field(description="The operator token (METASUP_OPERATOR_TOKEN or approval.operator_token_file)")
+    note: str = Field("", description="Why; recorded in the audit trail")
 
 
 class ListChangesArgs(_Args):
@@ -80,6 +94,9 @@ class ToolCall:
     """What a tool may need of the request beyond its arguments."""
 
     progress: Progress
+    caller: str | None = None  # the connection's identity (see elicitation.connection_identity)
+    elicitation: Elicitation | None = None
+    resumed: tuple[str, str] | None = None  # (proposal id, action): a retry answering our approval request
 
 
 Handler = Callable[[Supervisor, Any, ToolCall], Awaitable[dict[str, Any]]]
@@ -112,8 +129,20 @@ def _status_summary(result: dict[str, Any]) -> str:
 
 
 async def _propose(sup: Supervisor, a: ProposeArgs, call: ToolCall) -> dict[str, Any]:
-    request = ChangeRequest(a.title, a.description, a.steps, a.changes, a.dry_run)
+    if call.resumed is not None:  # the client's answer to the approval it was asked (2026-07-28)
+        proposal_id, action = call.resumed
+        return (await sup.changes.answer_elicitation(proposal_id, action, call.progress)).result()
+    ask = call.elicitation.asker() if call.elicitation is not None else None
+    request = ChangeRequest(a.title, a.description, a.steps, a.changes, a.dry_run, a.verify, call.caller, ask)
     return (await sup.propose_change(request, call.progress)).result()
+
+
+def _decider(approve: bool) -> Handler:
+    async def decide(sup: Supervisor, a: DecideArgs, call: ToolCall) -> dict[str, Any]:
+        proposal = await sup.decide_change(a.id, approve, a.token, a.note, call.caller, "mcp", call.progress)
+        return proposal.result()
+
+    return decide
 
 
 def _propose_summary(r: dict[str, Any]) -> str:
@@ -177,6 +206,16 @@ TOOLS: list[SupervisorTool] = [
         "servers, min_runtime, handshake, health) and kept as last good — or rolled back automatically, the "
         "bad commit kept reachable. Returns {id, verdict, commit, reasons, checks}.",
         ProposeArgs, _propose, _propose_summary,
+    ),
+    SupervisorTool(
+        "approve_change",
+        "Approve a proposal waiting for a human (pending_approval) with the operator token: it is then applied "
+        "and verified like any change. The session that proposed a change can never approve it.",
+        DecideArgs, _decider(True), _propose_summary,
+    ),
+    SupervisorTool(
+        "reject_change", "Reject a proposal waiting for a human (pending_approval), with the operator token.",
+        DecideArgs, _decider(False), _propose_summary,
     ),
     SupervisorTool(
         "list_changes", "Recent proposals, newest first, with their stage history and verdicts.",
@@ -343,7 +382,7 @@ class SupervisorSurface:
 
     async def _call_tool(
         self, ctx: ServerRequestContext[Any], params: types.CallToolRequestParams
-    ) -> types.CallToolResult | dict[str, Any]:
+    ) -> types.CallToolResult | types.InputRequiredResult | dict[str, Any]:
         tool = self.tools.get(params.name)
         if tool is None:
             forwarded = await self.gateway.call_tool(ctx, params.name, params.arguments)
@@ -358,10 +397,18 @@ class SupervisorSurface:
         except ValidationError as exc:
             problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'arguments'}: {e['msg']}" for e in exc.errors())
             return tool_error(f"{tool.name}: invalid arguments: {problems}")
+        elicitation = Elicitation(ctx) if tool.name == "propose_change" else None
         try:
-            result = await tool.run(self.supervisor, args, ToolCall(progress=_progress_reporter(ctx)))
+            resumed = elicitation_resumed(params) if elicitation is not None else None
+        except ValueError as exc:
+            return tool_error(f"{tool.name}: {exc}")
+        call = ToolCall(_progress_reporter(ctx), connection_identity(ctx), elicitation, resumed)
+        try:
+            result = await tool.run(self.supervisor, args, call)
         except (UnknownServer, SupervisorError, ChangeError) as exc:
             return tool_error(f"{tool.name}: {exc}")
+        if elicitation is not None and elicitation.deferred is not None and result.get("verdict") == "pending_approval":
+            return elicitation.input_required()
         return tool_result(json.loads(json.dumps(result, default=str)), tool.summary(result))
 
 

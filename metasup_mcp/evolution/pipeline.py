@@ -205,6 +205,7 @@ class Pipeline:
         """A human's answer to a held proposal (checked by the caller: token, identity, expiry)."""
         content = await _io(self.pending.get, proposal.id)
         await _io(self.pending.drop, proposal.id)
+        proposal.reasons.clear()  # only the "how to approve it" of the hold: answered now
         if not approve or content is None:
             why = f"rejected by {decided_by}" + (f": {note}" if note else "")
             if content is None:

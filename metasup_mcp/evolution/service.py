@@ -220,7 +220,8 @@ class ChangeService:
         approve = action == "accept"
         who = f"human (MCP elicitation, {action})"
         with _operational_errors("the change"):
-            return await self.pipeline.decide_pending(proposal, approve, who, "" if approve else action, progress)
+            note = "" if approve else f"{action}d at the client" if action == "decline" else f"{action}led at the client"
+            return await self.pipeline.decide_pending(proposal, approve, who, note, progress)
 
     def pending_diff(self, proposal_id: str) -> str | None:
         content = self.pending.get(proposal_id)

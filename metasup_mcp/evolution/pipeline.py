@@ -356,7 +356,7 @@ class Pipeline:
         affected = self.affected([c.path for c in changes])
         proposal.restarted = [child.name for child in affected]
         if not affected:
-            return None
+            return await self._verify_behaviour(proposal, say)
         await say(f"restarting {', '.join(proposal.restarted)} and watching for min_runtime")
         await _io(self.journal.step, "restarting", servers=proposal.restarted)
         _fault_point("restarting")

@@ -52,6 +52,14 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--config", type=Path, default=Path("servers.yaml"))
     status.add_argument("--token", help="the status_http token (default: from --config, or $METASUP_STATUS_TOKEN)")
     status.add_argument("--json", action="store_true", help="print the status JSON instead of a table")
+
+    for verb in ("approve", "reject"):
+        decide = commands.add_parser(verb, help=f"{verb} a change waiting for a human (needs the operator token)")
+        decide.add_argument("id", help="the proposal id (list_changes, the dashboard)")
+        decide.add_argument("--note", default="", help="why; recorded in the audit trail")
+        decide.add_argument("--url", help="the status endpoint (default: status_http of --config)")
+        decide.add_argument("--config", type=Path, default=Path("servers.yaml"))
+        decide.add_argument("--token", help="the status_http token, if it has one")
     return parser
 
 
@@ -74,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
             return audit_verify(args.log or load_config(args.config).supervisor.state_dir / "audit.jsonl")
         if command == "status":
             return status(args)
+        if command in ("approve", "reject"):
+            return decide(args, approve=command == "approve")
         config_path = getattr(args, "config", Path("servers.yaml"))
         return serve(load_config(config_path), getattr(args, "transport", "stdio"), args)
     except ConfigError as exc:
@@ -129,6 +139,16 @@ def status(args: argparse.Namespace) -> int:
     if args.token:
         target = StatusTarget(target.url, args.token, target.note)
     return run_status(target, as_json=args.json)
+
+
+def decide(args: argparse.Namespace, approve: bool) -> int:
+    from metasup_mcp.approve_cli import operator_token_for, run_decision
+    from metasup_mcp.status_cli import StatusTarget, default_target
+
+    target = StatusTarget(args.url) if args.url else default_target(args.config)
+    if args.token:
+        target = StatusTarget(target.url, args.token, target.note)
+    return run_decision(target, args.id, approve, operator_token_for(args.config), args.note)
 
 
 def serve(config: Config, transport: str, args: argparse.Namespace) -> int:

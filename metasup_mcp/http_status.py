@@ -1,4 +1,6 @@
 """The status endpoint: `/supervisor/status`, `/supervisor/changes`, `/supervisor/events`,
+`/supervisor/pending` (proposals waiting for a human, with their diff), the operator's
+`POST /supervisor/changes/{id}/approve|reject` (`{"token", "note"}` as JSON, same origin only),
 `/metrics` and the dashboard at `/`, served by uvicorn in the supervisor's own event loop.
 
 Everything is read from the `Supervisor` when a request arrives (handlers are `async`, so they
@@ -34,6 +36,7 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 from metasup_mcp.config import StatusHttpSettings
+from metasup_mcp.evolution.service import ApprovalRefused, ChangeError
 from metasup_mcp.metrics import render_metrics
 
 logger = logging.getLogger(__name__)
@@ -113,6 +116,32 @@ def build_app(supervisor: Any, token: str | None = None) -> Starlette:
     async def dashboard(request: Request) -> Response:
         return HTMLResponse(_dashboard_html(), headers={**_NO_STORE, "Referrer-Policy": "no-referrer"})
 
+    async def pending(request: Request) -> Response:
+        return _json({"pending": supervisor.pending_changes()})
+
+    def deciding(approve: bool) -> Endpoint:
+        async def decide(request: Request) -> Response:
+            refusal = _cross_site(request)
+            if refusal is not None:
+                return _json({"error": refusal}, status=403)
+            body = await _json_body(request)
+            token, note = body.get("token"), body.get("note", "")
+            if not isinstance(token, str) or not isinstance(note, str):
+                raise _BadRequest('send {"token": "<operator token>", "note": "<why>"} as JSON')
+            try:
+                supervisor.get_change(request.path_params["id"])
+            except ChangeError as exc:
+                return _json({"error": str(exc)}, status=404)
+            try:
+                proposal = await supervisor.decide_change(request.path_params["id"], approve, token, note, None, "http")
+            except ApprovalRefused as exc:
+                return _json({"error": str(exc)}, status=403)
+            except ChangeError as exc:
+                return _json({"error": str(exc)}, status=409)
+            return _json(proposal.result())
+
+        return decide
+
     def guarded(endpoint: Endpoint, page: bool = False) -> Endpoint:
         async def handle(request: Request) -> Response:
             if token is not None and not _authorized(request, token, allow_query=page):
@@ -131,6 +160,9 @@ def build_app(supervisor: Any, token: str | None = None) -> Starlette:
             Route("/supervisor/status", guarded(status)),
             Route("/supervisor/changes", guarded(changes)),
             Route("/supervisor/events", guarded(events)),
+            Route("/supervisor/pending", guarded(pending)),
+            Route("/supervisor/changes/{id}/approve", guarded(deciding(True)), methods=["POST"]),
+            Route("/supervisor/changes/{id}/reject", guarded(deciding(False)), methods=["POST"]),
             Route("/metrics", guarded(metrics)),
         ]
     )
@@ -156,6 +188,35 @@ def _limit(request: Request, default: int) -> int:
         return max(1, min(int(raw), MAX_LIMIT))
     except ValueError:
         raise _BadRequest(f"limit must be a whole number (1-{MAX_LIMIT}), got {raw!r}") from None
+
+
+def _cross_site(request: Request) -> str | None:
+    """Why a state-changing request must be refused as coming from another site; None if not.
+
+    A browser sends `Origin` (and `Sec-Fetch-Site`) on every POST: it must be this endpoint's
+    own origin. The JSON content type also forces a CORS preflight that is never granted.
+    Command-line clients send neither header.
+    """
+    if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+        return "send the body as application/json"
+    site = request.headers.get("sec-fetch-site")
+    if site is not None and site not in ("same-origin", "none"):
+        return f"cross-site request refused (Sec-Fetch-Site: {site})"
+    origin = request.headers.get("origin")
+    own = f"{request.url.scheme}://{request.headers.get('host', '')}"
+    if origin is not None and origin != own:
+        return f"cross-origin request refused (Origin {origin!r} is not {own!r})"
+    return None
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    try:
+        body = json.loads(await request.body() or b"{}")
+    except ValueError:
+        raise _BadRequest("the body is not JSON") from None
+    if not isinstance(body, dict):
+        raise _BadRequest("the body must be a JSON object")
+    return body
 
 
 def _authorized(request: Request, token: str, allow_query: bool) -> bool:

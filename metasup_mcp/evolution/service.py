@@ -33,7 +33,11 @@ logger = logging.getLogger(__name__)
 
 Recorder = Callable[..., None]
 
-__all__ = ["ChangeError", "ChangeService"]
+__all__ = ["ApprovalRefused", "ChangeError", "ChangeService"]
+
+
+class ApprovalRefused(ChangeError):
+    """An operator action refused for who asked: a wrong or missing token, or the proposer itself."""
 
 # The supervisor's own code: protected if it lies inside the workspace.
 _PACKAGE_DIR = Path(__file__).resolve().parents[1]
@@ -194,7 +198,7 @@ class ChangeService:
         problem = token_problem(self.settings.approval, token)
         if problem is not None:
             self.audit.append("decision_refused", id=proposal_id, via=via, reason=problem)
-            raise ChangeError(f"cannot {'approve' if approve else 'reject'} {proposal_id}: {problem}")
+            raise ApprovalRefused(f"cannot {'approve' if approve else 'reject'} {proposal_id}: {problem}")
         if proposal.status != "pending_approval":
             raise ChangeError(
                 f"{proposal_id} is not waiting for approval (it is {proposal.verdict or proposal.status})"
@@ -202,7 +206,7 @@ class ChangeService:
         content = self.pending.get(proposal_id)
         if approve and who is not None and content is not None and content.get("proposer") == who:
             self.audit.append("decision_refused", id=proposal_id, via=via, reason="self-approval")
-            raise ChangeError(
+            raise ApprovalRefused(
                 f"cannot approve {proposal_id}: this session proposed it, and a change is never approved by the "
                 "session that proposed it; approve it from another session, `metasup-mcp approve`, or the dashboard"
             )

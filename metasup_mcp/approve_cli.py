@@ -1,0 +1,77 @@
+"""`metasup-mcp approve ID` / `reject ID`: an operator's decision on a held change, sent to a
+running supervisor's status endpoint (`POST /supervisor/changes/<id>/approve|reject`).
+
+The operator token comes from METASUP_OPERATOR_TOKEN, else from `approval.operator_token_file`
+of servers.yaml; it travels in the request body, never on the command line or in a URL.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import TextIO
+
+from metasup_mcp.config import ConfigError, load_config
+from metasup_mcp.evolution.approval import OPERATOR_TOKEN_ENV
+from metasup_mcp.status_cli import TOKEN_ENV, StatusTarget
+
+DECISION_TIMEOUT = 600.0  # an approved change is applied and verified before the answer comes
+
+
+def operator_token_for(config_path: Path) -> str | None:
+    token = os.environ.get(OPERATOR_TOKEN_ENV)
+    if token:
+        return token
+    if not config_path.is_file():
+        return None
+    try:
+        token_file = load_config(config_path).supervisor.approval.operator_token_file
+    except ConfigError:
+        return None
+    if token_file is None:
+        return None
+    try:
+        return token_file.read_text().strip() or None
+    except OSError:
+        return None
+
+
+def run_decision(
+    target: StatusTarget, proposal_id: str, approve: bool, operator_token: str | None, note: str = "",
+    out: TextIO | None = None,
+) -> int:
+    out = out or sys.stdout
+    verb = "approve" if approve else "reject"
+    if not operator_token:
+        return _fail(verb, f"no operator token: set {OPERATOR_TOKEN_ENV} or approval.operator_token_file in --config")
+    base = target.url.rstrip("/")
+    url = f"{base}/supervisor/changes/{urllib.parse.quote(proposal_id, safe='')}/{verb}"
+    body = json.dumps({"token": operator_token, "note": note}).encode()
+    request = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": "application/json"})
+    status_token = target.token or os.environ.get(TOKEN_ENV)
+    if status_token:
+        request.add_header("Authorization", f"Bearer {status_token}")
+    try:
+        with urllib.request.urlopen(request, timeout=DECISION_TIMEOUT) as response:
+            result = json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            message = json.loads(exc.read()).get("error") or exc.reason
+        except ValueError:
+            message = exc.reason
+        return _fail(verb, f"{message} (HTTP {exc.code})")
+    except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
+        return _fail(verb, f"no supervisor is answering at {base} ({getattr(exc, 'reason', exc)}){target.note}")
+    reasons = "; ".join(result.get("reasons") or [])
+    print(f"{result['id']}: {result['verdict']}" + (f": {reasons}" if reasons else ""), file=out)
+    return 0 if not approve or result["verdict"] == "applied" else 1  # approved but rolled back: 1
+
+
+def _fail(verb: str, message: str) -> int:
+    print(f"metasup-mcp {verb}: {message}", file=sys.stderr)
+    return 1

@@ -1,0 +1,148 @@
+"""An operator decides held changes outside MCP: on the dashboard in a real headless Chromium,
+and with `metasup-mcp approve` / `reject` through the status endpoint."""
+
+from __future__ import annotations
+
+import io
+import json
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from metasup_mcp.approve_cli import run_decision
+from metasup_mcp.config import load_config
+from metasup_mcp.http_status import run_status_http
+from metasup_mcp.status_cli import StatusTarget
+from metasup_mcp.supervisor import ChangeRequest, Supervisor
+from tests.safety_support import served_version, with_version, workspace_template
+from tests.test_dashboard import CHROMIUM
+from tests.test_gateway_support import running, write_config
+
+pytestmark = pytest.mark.anyio
+
+APP = {"name": "app", "command": "python", "args": ["-u", "server.py"], "watch": ["server.py"]}
+TOKEN = "op-token-5d1c"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@asynccontextmanager
+async def held_changes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[Supervisor, str, list[str]]]:
+    """A supervisor with `approval: human`, its status URL, and two changes held for a human."""
+    monkeypatch.setenv("METASUP_OPERATOR_TOKEN", TOKEN)
+    path = write_config(
+        tmp_path, [APP], workspace_template=str(workspace_template(tmp_path)), approval={"mode": "human"},
+        status_http={"enabled": True, "host": "127.0.0.1", "port": 0},
+    )
+    sup = Supervisor(load_config(path))
+    async with sup.running():
+        await running(sup, "app")
+        async with anyio.create_task_group() as tg:
+            url = await tg.start(run_status_http, sup, sup.settings.status_http)
+            v2 = await sup.propose_change(ChangeRequest(
+                "serve v2", steps=["bump"], changes=[{"path": "server.py", "content": with_version("2")}]
+            ))
+            notes = await sup.propose_change(ChangeRequest("notes", changes=[{"path": "NOTES.txt", "content": "x\n"}]))
+            assert v2.status == notes.status == "pending_approval"
+            yield sup, url, [v2.id, notes.id]
+            tg.cancel_scope.cancel()
+
+
+def post(url: str, body: Any, headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def fetch(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 (a local test server)
+        return response.read().decode()
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")
+async def test_an_operator_approves_and_rejects_on_the_dashboard_without_the_token_being_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.cdp_support import Browser
+
+    def operate(url: str, v2: str, notes: str) -> dict[str, Any]:
+        browser = Browser(tmp_path / "profile")
+        try:
+            browser.open(f"{url}/")
+            browser.wait_for(f"""(document.querySelector('[data-pending="{v2}"] pre.diff') || {{}}).textContent
+                                 ?.includes('+VERSION = "2"')""")
+
+            def click(proposal: str, action: str, token: str) -> None:
+                browser.evaluate(f"""document.getElementById("operator-token").value = {json.dumps(token)};
+                    document.querySelector('[data-pending="{proposal}"] button[data-action="{action}"]').click(); 1""")
+
+            click(v2, "approve", "not-the-token")
+            browser.wait_for('document.getElementById("decision-result").dataset.outcome === "error"')
+            refused = browser.evaluate('document.getElementById("decision-result").textContent')
+            click(v2, "approve", TOKEN)
+            browser.wait_for('document.getElementById("decision-result").dataset.outcome === "applied"', 40)
+            click(notes, "reject", TOKEN)
+            browser.wait_for('document.getElementById("decision-result").dataset.outcome === "rejected"')
+            browser.wait_for('!document.querySelector("[data-pending]")')
+            kept = browser.evaluate(f"""[document.getElementById("operator-token").value,
+                JSON.stringify(sessionStorage), JSON.stringify(localStorage),
+                document.documentElement.outerHTML].join("\\n").includes({json.dumps(TOKEN)})""")
+            return {"refused": refused, "kept": kept}
+        finally:
+            browser.close()
+
+    async with held_changes(tmp_path, monkeypatch) as (sup, url, (v2, notes)):
+        seen = await anyio.to_thread.run_sync(operate, url, v2, notes)
+        assert "operator token is wrong" in seen["refused"] and seen["kept"] is False
+        assert sup.get_change(v2).verdict == "applied" and sup.get_change(notes).verdict == "rejected"
+        assert await served_version(sup) == "2"
+        assert sup.get_change(v2).approval["decided_by"] == "operator (http)"  # type: ignore[index]
+
+
+async def test_a_cross_origin_or_non_json_post_is_refused_before_the_token_is_looked_at(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with held_changes(tmp_path, monkeypatch) as (sup, url, (v2, _)):
+        approve = f"{url}/supervisor/changes/{v2}/approve"
+        status, body = await anyio.to_thread.run_sync(post, approve, {"token": TOKEN}, {"Origin": "http://evil.example"})
+        assert status == 403 and "cross-origin" in body["error"]
+        status, body = await anyio.to_thread.run_sync(post, approve, {"token": TOKEN}, {"Sec-Fetch-Site": "cross-site"})
+        assert status == 403 and "cross-site" in body["error"]
+        status, body = await anyio.to_thread.run_sync(post, approve, {"token": TOKEN}, {"Content-Type": "text/plain"})
+        assert status == 403 and "application/json" in body["error"]
+        status, body = await anyio.to_thread.run_sync(post, f"{url}/supervisor/changes/p-none/approve", {"token": TOKEN})
+        assert status == 404
+        assert sup.get_change(v2).status == "pending_approval"
+        listed = json.loads(await anyio.to_thread.run_sync(fetch, f"{url}/supervisor/pending"))
+        assert [p["id"] for p in listed["pending"]][-1] == v2 and "+VERSION" in listed["pending"][-1]["diff"]
+        assert TOKEN not in json.dumps(listed)
+        assert TOKEN not in await anyio.to_thread.run_sync(fetch, f"{url}/supervisor/status")
+
+
+async def test_metasup_mcp_approve_and_reject_decide_through_the_status_endpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with held_changes(tmp_path, monkeypatch) as (sup, url, (v2, notes)):
+        out = io.StringIO()
+        wrong = await anyio.to_thread.run_sync(lambda: run_decision(StatusTarget(url), v2, True, "nope", out=out))
+        assert wrong == 1 and sup.get_change(v2).status == "pending_approval"
+        code = await anyio.to_thread.run_sync(lambda: run_decision(StatusTarget(url), v2, True, TOKEN, "ok", out=out))
+        assert code == 0 and f"{v2}: applied" in out.getvalue()
+        code = await anyio.to_thread.run_sync(lambda: run_decision(StatusTarget(url), notes, False, TOKEN, out=out))
+        assert code == 0 and f"{notes}: rejected" in out.getvalue()
+        again = await anyio.to_thread.run_sync(lambda: run_decision(StatusTarget(url), notes, False, TOKEN, out=out))
+        assert again == 1
+        assert await served_version(sup) == "2"

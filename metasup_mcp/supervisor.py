@@ -35,6 +35,7 @@ from metasup_mcp.evolution.pipeline import ChangeRequest, Progress
 from metasup_mcp.evolution.proposals import Proposal
 from metasup_mcp.evolution.service import ChangeError, ChangeService
 from metasup_mcp.gateway import Gateway
+from metasup_mcp.safety.workspace import WorkspaceError
 
 logger = logging.getLogger(__name__)
 
@@ -245,6 +246,17 @@ class Supervisor:
     ) -> Proposal:
         """approve_change / reject_change: needs the operator token; never the proposer's session."""
         return await self.changes.decide(proposal_id, approve, token, note, who, via, progress)
+
+    def workspace_files(self, limit: int = 200) -> tuple[list[str], int]:
+        """Up to `limit` files of the current commit, and how many there are in all."""
+        workspace = self.changes.workspace
+        if workspace is None:
+            return [], 0
+        try:
+            files = workspace.tracked_files()
+        except WorkspaceError:
+            return [], 0
+        return files[:limit], len(files)
 
     def pending_changes(self) -> list[dict[str, Any]]:
         """Proposals waiting for a human, newest first, each with its unified `diff`."""

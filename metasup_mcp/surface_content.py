@@ -91,37 +91,65 @@ PROMPTS = [
 ]
 
 
+EDIT_FORMAT = json.dumps({
+    "title": "<the proposal>",
+    "steps": ["<step 1>", "<step 2>"],
+    "changes": [{"path": "<file>", "content": "<the whole new file>"}, {"path": "<file>", "delete": True}],
+    "verify": [{"tool": "<namespace>__<tool>", "arguments": {}, "expect": {"structuredContent": {}}, "match": "subset"}],
+}, indent=1)
+WORKSPACE_FILES_SHOWN = 200
+
+
+def _change_context(supervisor: Supervisor) -> str:
+    """The rules a change is held to now: strategy and its limits, protected paths, the files."""
+    strategy = supervisor.changes.strategy()
+    limits = strategy.limits
+    bounds = ", ".join(
+        f"at most {value} {what}" for value, what in ((limits.max_files, "files"), (limits.max_lines, "changed lines"))
+        if value is not None
+    ) or "no size limit"
+    protected = ", ".join(supervisor.settings.protected_paths)
+    files, total = supervisor.workspace_files(WORKSPACE_FILES_SHOWN)
+    listing = "\n".join(f"  {path}" for path in files) or "  (no files yet)"
+    more = f"\n  ... and {total - len(files)} more" if total > len(files) else ""
+    return (
+        f"Current strategy: {strategy.name} ({strategy.reason}); a change may touch {bounds}.\n"
+        f"Protected paths (never changed): {protected}.\n"
+        f"Workspace files:\n{listing}{more}"
+    )
+
+
 def get_prompt(supervisor: Supervisor, name: str, arguments: dict[str, str] | None) -> types.GetPromptResult | None:
     """The supervisor's own prompt `name`; None if it is not one of them."""
+    if name not in {prompt.name for prompt in PROMPTS}:
+        return None
     args = arguments or {}
     missing = [a.name for p in PROMPTS if p.name == name for a in p.arguments or () if a.required and not args.get(a.name)]
     if missing:
         raise LookupError(f"prompt {name!r} needs the argument(s) {', '.join(missing)}")
-    protected = ", ".join(supervisor.settings.protected_paths)
+    context = _change_context(supervisor)
     if name == "propose":
         text = (
             f"Goal: {args['goal']}\n\n"
             "Propose ONE change to the code the supervised MCP servers run that moves toward this goal. "
             "Answer with a single short sentence: what to change and why. Keep it small enough to verify "
-            "on its own; a change that fails is rolled back as a whole."
+            f"on its own; a change that fails is rolled back as a whole.\n\n{context}"
         )
     elif name == "expand":
         text = (
             f"Proposal: {args['proposal']}\n\n"
             "Expand it into concrete, numbered steps. Name every file to create, change or delete (paths "
-            "relative to the workspace) and say what each step does. Include the tests that show it works. "
-            f"These paths are protected and cannot be changed: {protected}."
+            "relative to the workspace) and say what each step does. Include the tests that show it works, "
+            f"and the tool calls that show the servers still behave (they become `verify`).\n\n{context}"
         )
-    elif name == "edit":
+    else:  # edit
         text = (
             f"Proposal: {args['proposal']}\nSteps:\n{args['steps']}\n\n"
-            "Write the edit. Reply with the arguments of the propose_change tool as JSON: "
-            '{"title": <the proposal>, "steps": [<the steps>], "changes": [{"path": ..., "content": <the whole '
-            'new file>} or {"path": ..., "delete": true}]}. Give whole files, not diffs. The supervisor will '
-            "validate, commit and verify it (compile, checks, restart, min_runtime, health) and roll it back "
-            "if anything fails; get_change then shows why."
+            "Write the edit. Reply with the arguments of the propose_change tool as JSON:\n"
+            f"{EDIT_FORMAT}\n"
+            "Give whole files, not diffs. The supervisor will validate, commit and verify it (compile, checks, "
+            "restart, min_runtime, health, the verify calls, replayed read-only calls, the benchmark) and roll it "
+            f"back if anything fails; get_change then shows why.\n\n{context}"
         )
-    else:
-        return None
     message = types.PromptMessage(role="user", content=types.TextContent(type="text", text=text))
     return types.GetPromptResult(description=next(p.description for p in PROMPTS if p.name == name), messages=[message])

@@ -7,6 +7,7 @@ import json
 import pytest
 from mcp.shared.exceptions import MCPError
 
+from metasup_mcp.supervisor import ChangeRequest
 from tests.test_gateway_support import connected, example, fixture, running
 
 pytestmark = pytest.mark.anyio
@@ -47,3 +48,16 @@ async def test_the_three_stage_prompts_lead_to_propose_change(tmp_path):
         assert "servers.yaml" in stage2.messages[0].content.text  # type: ignore[union-attr]  # protected paths named
         with pytest.raises(MCPError, match="needs the argument"):
             await up.session.get_prompt("expand", {})
+
+
+async def test_the_prompts_carry_the_strategy_its_limits_the_protected_paths_and_the_files(tmp_path):
+    async with connected(tmp_path, [example("textkit")], strategy={"limits": {"hybrid": {"max_files": 3}}}) as up:
+        (tmp_path / "workspace" / "tool.py").write_text("X = 1\n")
+        await up.sup.propose_change(ChangeRequest("add tool.py", changes=[{"path": "tool.py", "content": "X = 2\n"}]))
+        edit = await up.session.get_prompt("edit", {"proposal": "p", "steps": "1. s"})
+        text = edit.messages[0].content.text  # type: ignore[union-attr]
+        assert "Current strategy: hybrid" in text and "at most 3 files" in text
+        assert "servers.yaml" in text and "\n  tool.py" in text
+        assert '"verify": [' in text and '"delete": true' in text
+        propose = await up.session.get_prompt("propose", {"goal": "g"})
+        assert "Workspace files:" in propose.messages[0].content.text  # type: ignore[union-attr]

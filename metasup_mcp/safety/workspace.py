@@ -250,6 +250,11 @@ class Workspace:
         return self._resolve("HEAD")
 
     @_mapped
+    def tracked_files(self, commit: str = "HEAD") -> list[str]:
+        """The files of `commit` (workspace-relative), in git's order."""
+        return self._z("ls-tree", "-r", "--name-only", "-z", commit)
+
+    @_mapped
     def is_dirty(self) -> bool:
         """Modified, staged, deleted or untracked (not ignored) files."""
         return bool(self._git("status", "--porcelain=v1", "-z", "--untracked-files=normal").stdout)

@@ -103,6 +103,7 @@ class Supervisor:
                     self._tg = tg
                     tg.start_soon(self.changes.run_background)
                     tg.start_soon(self.gateway.run)
+                    tg.start_soon(self.replay.keep_flushed)
                     try:
                         async with self.manager.running(autostart=autostart):
                             yield self

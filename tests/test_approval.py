@@ -18,7 +18,7 @@ from mcp.shared.memory import create_client_server_memory_streams
 
 from metasup_mcp.config import load_config
 from metasup_mcp.mcp_server import SupervisorSurface
-from metasup_mcp.supervisor import ChangeRequest, Supervisor
+from metasup_mcp.supervisor import ChangeError, ChangeRequest, Supervisor
 from tests.safety_support import served_version, with_version, workspace_template
 from tests.test_gateway_support import running, structured_error, write_config
 
@@ -216,3 +216,22 @@ async def test_deny_mode_refuses_every_change_and_says_so(tmp_path: Path) -> Non
         proposal = await sup.propose_change(ChangeRequest(**v2()))
     assert proposal.verdict == "rejected" and "approval mode is deny" in proposal.reasons[0]
     assert proposal.approval is not None and proposal.approval["decided_by"] == "policy:deny"
+
+
+async def test_two_operators_approving_at_once_apply_the_change_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("METASUP_OPERATOR_TOKEN", TOKEN)
+    async with human_supervisor(tmp_path) as (sup, _):
+        held = await sup.propose_change(ChangeRequest(**v2()))
+        outcomes: list[str] = []
+
+        async def approve(who: str) -> None:
+            try:
+                outcomes.append((await sup.decide_change(held.id, True, TOKEN, who=who)).verdict or "")
+            except ChangeError as exc:
+                outcomes.append(str(exc))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(approve, "first")
+            tg.start_soon(approve, "second")
+    first, second = sorted(outcomes)
+    assert first == "applied" and ("being decided already" in second or "not waiting" in second), outcomes

@@ -93,6 +93,7 @@ async def test_replay_rolls_back_a_healthy_change_that_alters_a_read_only_answer
         await up.until_tools(lambda names: "app__version" in names)
         seen = await up.session.call_tool("app__version", {})
         assert seen.content[0].text == "1"  # type: ignore[union-attr]
+        await up.sup.replay.flush()
         samples = json.loads((tmp_path / "state" / "replay.json").read_text())
         assert samples["app__version"][0]["arguments"] == {}
 

@@ -15,6 +15,7 @@ from typing import Any
 import anyio
 import pytest
 
+from metasup_mcp import cli
 from metasup_mcp.approve_cli import run_decision
 from metasup_mcp.config import load_config
 from metasup_mcp.http_status import run_status_http
@@ -139,8 +140,10 @@ async def test_metasup_mcp_approve_and_reject_decide_through_the_status_endpoint
         out = io.StringIO()
         wrong = await anyio.to_thread.run_sync(lambda: run_decision(StatusTarget(url), v2, True, "nope", out=out))
         assert wrong == 1 and sup.get_change(v2).status == "pending_approval"
-        code = await anyio.to_thread.run_sync(lambda: run_decision(StatusTarget(url), v2, True, TOKEN, "ok", out=out))
-        assert code == 0 and f"{v2}: applied" in out.getvalue()
+        # The command line, the operator token taken from METASUP_OPERATOR_TOKEN.
+        code = await anyio.to_thread.run_sync(lambda: cli.main(["approve", v2, "--url", url, "--note", "ok"]))
+        assert code == 0 and sup.get_change(v2).verdict == "applied"
+        assert sup.get_change(v2).approval == {**sup.get_change(v2).approval, "decided_by": "operator (http)", "reason": "ok"}
         code = await anyio.to_thread.run_sync(lambda: run_decision(StatusTarget(url), notes, False, TOKEN, out=out))
         assert code == 0 and f"{notes}: rejected" in out.getvalue()
         again = await anyio.to_thread.run_sync(lambda: run_decision(StatusTarget(url), notes, False, TOKEN, out=out))

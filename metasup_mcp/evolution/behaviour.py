@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 ReplayMode = Literal["exact", "shape", "off"]
 SETTLE_TIMEOUT = 5.0  # bound on waiting for the restarted servers' tools to be listed again
 EVIDENCE_CHARS = 1500  # of each JSON value quoted as evidence
+FLUSH_INTERVAL = 2.0  # seconds between writes of new replay samples
 
 
 class VerifyCall(BaseModel):
@@ -113,6 +114,7 @@ class ReplaySamples:
         except (OSError, ValueError, AttributeError) as exc:
             logger.warning("ignoring unreadable replay samples %s: %s", path, exc)
             self._samples = {}
+        self._dirty = False
 
     def observe(self, tool: str, arguments: dict[str, Any] | None, result: dict[str, Any]) -> None:
         """Keep a successful call (newest wins for the same arguments; oldest dropped past the bound)."""
@@ -128,12 +130,22 @@ class ReplaySamples:
                 break
         samples.append(sample)
         del samples[: -self.settings.samples_per_tool]
-        self._save()
+        self._dirty = True  # written by `flush`, off the call's path
 
-    def forget(self, tool: str, arguments: dict[str, Any]) -> None:
-        samples = self._samples.get(tool, [])
-        self._samples[tool] = [s for s in samples if s["arguments"] != arguments]
-        self._save()
+    async def flush(self) -> None:
+        """Write the samples to the state folder if they changed since the last write."""
+        if self._dirty:
+            self._dirty = False
+            await anyio.to_thread.run_sync(self._save, json.dumps(self._samples).encode())
+
+    async def keep_flushed(self, interval: float = FLUSH_INTERVAL) -> None:
+        try:
+            while True:
+                await anyio.sleep(interval)
+                await self.flush()
+        finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+                await self.flush()  # what was sampled since the last write, at shutdown
 
     def chosen(self, tools: set[str]) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
         """Up to `max_calls` samples of `tools`, taken in turn across tools (newest first)."""
@@ -147,9 +159,9 @@ class ReplaySamples:
                     picked.append((tool, sample["arguments"], sample["result"]))
         return picked
 
-    def _save(self) -> None:
+    def _save(self, data: bytes) -> None:
         try:
-            atomic_write(self.path, json.dumps(self._samples).encode())
+            atomic_write(self.path, data)
         except OSError as exc:
             logger.warning("could not save replay samples to %s: %s", self.path, exc)
 
@@ -176,6 +188,7 @@ class BehaviourCheck:
         with anyio.move_on_after(SETTLE_TIMEOUT):  # the restarted servers' tools listed again
             while not self._settled():
                 await anyio.sleep(0.02)
+        await self.samples.flush()
         found: list[dict[str, Any]] = []
         for call in verify:
             result = await self._call(call.tool, call.arguments)

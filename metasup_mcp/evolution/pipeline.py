@@ -103,6 +103,7 @@ class Pipeline:
         self.coordinator = coordinator or Coordinator(settings, store, MetricStore(settings.state_dir / "metrics.json"))
         self.pending = pending or PendingContent(settings.state_dir / "pending")
         self.behaviour = behaviour  # None: no gateway to call through (verify and replay are skipped)
+        self._deciding: set[str] = set()  # held proposals being decided right now
         self.lock = anyio.Lock()  # one owner of the workspace at a time: changes, rollbacks, the guard, backups
         # True while a transaction owns the workspace: the guard must not put its state on trial.
         self.in_transaction = False
@@ -203,6 +204,23 @@ class Pipeline:
         self, proposal: Proposal, approve: bool, decided_by: str, note: str = "", progress: Progress | None = None
     ) -> Proposal:
         """A human's answer to a held proposal (checked by the caller: token, identity, expiry)."""
+        if not self._claim(proposal):
+            raise ChangeError(f"{proposal.id} is being decided already, or is no longer waiting for approval")
+        try:
+            return await self._decide_pending(proposal, approve, decided_by, note, progress or _quiet)
+        finally:
+            self._deciding.discard(proposal.id)
+
+    def _claim(self, proposal: Proposal) -> bool:
+        """Take a held proposal for one decision (two operators at once, or one and the expiry)."""
+        if proposal.status != "pending_approval" or proposal.id in self._deciding:
+            return False
+        self._deciding.add(proposal.id)
+        return True
+
+    async def _decide_pending(
+        self, proposal: Proposal, approve: bool, decided_by: str, note: str, progress: Progress
+    ) -> Proposal:
         content = await _io(self.pending.get, proposal.id)
         await _io(self.pending.drop, proposal.id)
         proposal.reasons.clear()  # only the "how to approve it" of the hold: answered now
@@ -217,18 +235,22 @@ class Pipeline:
         changes = await self._validate(proposal, ChangeRequest(proposal.title, changes=content["changes"]))
         if changes is None:  # the workspace changed meanwhile (a symlink, a rule): validate again
             return await self._finish(proposal, "rejected")
-        return await self._apply(proposal, changes, progress or _quiet)
+        return await self._apply(proposal, changes, progress)
 
     async def expire_pending(self) -> list[str]:
         """Refuse held proposals past their `expires_at`; return their ids."""
         now, expired = time.time(), []
         for proposal in self.store.list(status="pending_approval", limit=10_000):
-            if proposal.expires_at is not None and proposal.expires_at <= now:
+            if proposal.expires_at is None or proposal.expires_at > now or not self._claim(proposal):
+                continue
+            try:
                 await _io(self.pending.drop, proposal.id)
                 await self._decided(proposal, "refused", "timeout", "not approved within approval.timeout")
-                proposal.reasons.append("expired: nobody approved it within approval.timeout; propose it again")
+                proposal.reasons[:] = ["expired: nobody approved it within approval.timeout; propose it again"]
                 await self._finish(proposal, "rejected")
                 expired.append(proposal.id)
+            finally:
+                self._deciding.discard(proposal.id)
         return expired
 
     async def _decided(self, proposal: Proposal, decision: str, decided_by: str, reason: str) -> None:

@@ -133,6 +133,9 @@ class ApprovalSettings(_Strict):
     human_for: list[str] = []  # globs of workspace paths that always need a human
     timeout: Duration = Field(300.0, gt=0)  # an elicitation unanswered, or a pending proposal, after this is refused
     operator_token_file: Path | None = None  # must lie outside the workspace; else METASUP_OPERATOR_TOKEN
+    # Ask the proposing client through MCP elicitation. Its answer is the client's: where the
+    # agent drives its own client, set false so that only an operator (with the token) decides.
+    elicit: bool = True
 
 
 class BenchmarkSettings(_Strict):

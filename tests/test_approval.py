@@ -235,3 +235,11 @@ async def test_two_operators_approving_at_once_apply_the_change_once(tmp_path: P
             tg.start_soon(approve, "second")
     first, second = sorted(outcomes)
     assert first == "applied" and ("being decided already" in second or "not waiting" in second), outcomes
+
+
+async def test_with_elicit_off_even_an_eliciting_client_leaves_the_decision_to_an_operator(tmp_path: Path) -> None:
+    async with human_supervisor(tmp_path, elicit=False) as (sup, server):
+        asked: list[str] = []
+        async with legacy_session(server, elicitation_callback=answering("accept", asked)) as session:
+            held = (await session.call_tool("propose_change", v2())).structured_content
+    assert held is not None and held["verdict"] == "pending_approval" and asked == []

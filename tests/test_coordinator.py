@@ -77,14 +77,16 @@ async def test_strategy_follows_the_history_good_regressing_broken(tmp_path: Pat
         assert wide.approval is not None and wide.approval["decided_by"] == "strategy:metamorphic"
 
 
-async def test_a_benchmark_without_a_number_rolls_the_change_back(tmp_path: Path) -> None:
+async def test_a_benchmark_without_a_number_rolls_back_and_the_benchmark_itself_is_protected(tmp_path: Path) -> None:
     sup = supervisor(tmp_path)
     async with sup.running(autostart=False):
-        silent = await sup.propose_change(ChangeRequest("quiet bench", changes=[
-            {"path": "bench.py", "content": "print('done')\n"}
+        silent = await sup.propose_change(score("None"))
+        rewrite = await sup.propose_change(ChangeRequest("a better benchmark", changes=[
+            {"path": "bench.py", "content": "print(10**9)\n"}
         ]))
     assert silent.verdict == "rolled_back" and silent.trigger == "regression"
     assert "no number on its last output line" in silent.reasons[-1]
+    assert rewrite.verdict == "rejected" and rewrite.reasons[0].startswith("protected: bench.py")
 
 
 async def test_over_the_strategy_limit_a_human_can_be_asked_instead(tmp_path: Path) -> None:

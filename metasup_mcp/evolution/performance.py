@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import re
+import shlex
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -117,6 +118,14 @@ def relative_gain(settings: BenchmarkSettings, baseline: float, metric: float) -
         return 0.0 if metric == baseline else math.copysign(1.0, metric if settings.higher_is_better else -metric)
     change = (metric - baseline) / abs(baseline)
     return round(change if settings.higher_is_better else -change, 6)
+
+
+def benchmark_files(settings: BenchmarkSettings, workspace: Path) -> list[Path]:
+    """The workspace paths the benchmark command names (its program and non-option arguments):
+    protected, so that a change cannot rewrite the benchmark to report what it likes."""
+    argv = shlex.split(settings.run) if isinstance(settings.run, str) else list(settings.run)
+    named = [arg for arg in argv if not arg.startswith("-") and arg not in ("python", "python3")]
+    return [(workspace / arg).resolve() for arg in named if (workspace / arg).resolve().is_relative_to(workspace)]
 
 
 class MetricStore:

@@ -53,6 +53,7 @@ VERIFY_SLACK = 5.0
 # Bound on putting the workspace right after a transaction is cut short (shielded from cancellation).
 RECOVERY_TIMEOUT = 60.0
 STDERR_EVIDENCE_LINES = 20
+MAX_VERIFY_CALLS = 20  # behaviour checks one proposal may ask for
 
 
 class ChangeError(Exception):
@@ -128,6 +129,9 @@ class Pipeline:
         changes = await self._validate(proposal, request)
         if changes is None:
             return await self._finish(proposal, "rejected")
+        if len(request.verify) > MAX_VERIFY_CALLS:
+            proposal.reasons.append(f"verify: {len(request.verify)} calls; at most {MAX_VERIFY_CALLS} per change")
+            return await self._finish(proposal, "rejected")
         try:
             proposal.verify = [VerifyCall.model_validate(v).model_dump() for v in request.verify]
         except ValidationError as exc:
@@ -165,7 +169,7 @@ class Pipeline:
         return await self._hold(proposal, changes, request, assessment, answer)
 
     async def _ask_human(self, proposal: Proposal, assessment: Assessment, request: ChangeRequest) -> Answer:
-        if request.ask is None:
+        if request.ask is None or not self.settings.approval.elicit:
             return "unavailable"
         question = ApprovalQuestion.of(proposal, assessment)
         with anyio.move_on_after(self.settings.approval.timeout):

@@ -19,7 +19,7 @@ from metasup_mcp.config import Config
 from metasup_mcp.evolution.approval import PendingContent, token_problem
 from metasup_mcp.evolution.behaviour import BehaviourCheck
 from metasup_mcp.evolution.coordinator import Coordinator, Performance
-from metasup_mcp.evolution.performance import MetricStore
+from metasup_mcp.evolution.performance import MetricStore, benchmark_files
 from metasup_mcp.evolution.strategy import StrategyChoice
 from metasup_mcp.evolution.guard import DiskGuard
 from metasup_mcp.evolution.pipeline import ChangeError, ChangeRequest, Pipeline, Progress, restart_and_settle
@@ -76,6 +76,8 @@ class ChangeService:
             always.append(config.source)
         if settings.safety_rules_file is not None:
             always.append(settings.safety_rules_file)
+        if settings.benchmark is not None:  # a change must not rewrite what measures it
+            always.extend(benchmark_files(settings.benchmark, settings.workspace))
         self.policy = ChangePolicy(
             protected_paths=list(settings.protected_paths),
             writable_paths=list(settings.writable_paths),

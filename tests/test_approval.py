@@ -243,3 +243,10 @@ async def test_with_elicit_off_even_an_eliciting_client_leaves_the_decision_to_a
         async with legacy_session(server, elicitation_callback=answering("accept", asked)) as session:
             held = (await session.call_tool("propose_change", v2())).structured_content
     assert held is not None and held["verdict"] == "pending_approval" and asked == []
+
+
+async def test_a_modern_client_without_elicitation_gets_the_change_held(tmp_path: Path) -> None:
+    async with human_supervisor(tmp_path) as (sup, server):
+        async with Client(server, cache=None) as client:
+            held = (await client.call_tool("propose_change", v2())).structured_content
+    assert held is not None and held["verdict"] == "pending_approval" and "approve_change" in held["reasons"][0]

@@ -250,3 +250,18 @@ async def test_a_modern_client_without_elicitation_gets_the_change_held(tmp_path
         async with Client(server, cache=None) as client:
             held = (await client.call_tool("propose_change", v2())).structured_content
     assert held is not None and held["verdict"] == "pending_approval" and "approve_change" in held["reasons"][0]
+
+
+async def test_the_operator_token_can_come_from_a_file_outside_the_workspace(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("METASUP_OPERATOR_TOKEN", raising=False)
+    token_file = tmp_path / "operator.token"
+    token_file.write_text(TOKEN + "\n")
+    async with human_supervisor(tmp_path, operator_token_file=str(token_file)) as (sup, server):
+        held = await sup.propose_change(ChangeRequest(**v2()))
+        with pytest.raises(ChangeError, match="operator token is wrong"):
+            await sup.decide_change(held.id, True, "guess", via="mcp")
+        approved = await sup.decide_change(held.id, True, TOKEN, via="mcp")
+    assert approved.verdict == "applied"
+    assert TOKEN not in (tmp_path / "state" / "audit.jsonl").read_text()

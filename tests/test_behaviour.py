@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from metasup_mcp.evolution.behaviour import VerifyCall, is_subset, matches, same_behaviour, shape
+from metasup_mcp.config import ReplaySettings
+from metasup_mcp.evolution.behaviour import ReplaySamples, VerifyCall, is_subset, matches, same_behaviour, shape
 from tests.safety_support import SERVER_SOURCE, served_version, workspace_template
 from tests.test_gateway_support import connected, running
 
@@ -144,3 +145,14 @@ def test_shape_compares_keys_and_types_not_values() -> None:
     assert not same_behaviour("shape", before, {"structuredContent": {"time": 11, "items": [3]}})
     assert not same_behaviour("exact", before, {"structuredContent": {"time": "11:00", "items": [1, 2]}})
     assert shape([]) == [] and shape(None) == "NoneType"
+
+
+def test_replay_keeps_a_bounded_sample_and_skips_tools_set_off(tmp_path: Path) -> None:
+    settings = ReplaySettings(max_calls=3, samples_per_tool=2, tools={"clock__*": "off"})
+    samples = ReplaySamples(tmp_path / "replay.json", settings)
+    for n in range(4):
+        samples.observe("kv__get", {"key": n}, text_result(str(n)))
+    samples.observe("clock__now", {}, text_result("10:00"))
+    samples.observe("kv__get", {"key": 9}, {**text_result("x"), "isError": True})
+    chosen = samples.chosen({"kv__get", "clock__now"})
+    assert [args for _, args, _ in chosen] == [{"key": 3}, {"key": 2}]

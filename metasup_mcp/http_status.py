@@ -199,6 +199,10 @@ def _cross_site(request: Request) -> str | None:
     """
     if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
         return "send the body as application/json"
+    host = request.url.hostname or ""
+    if not (host == "localhost" or _is_ip(host)):
+        # A page that re-points its own name at this address (DNS rebinding) is "same origin".
+        return f"address the endpoint by IP address or localhost, not {host!r}"
     site = request.headers.get("sec-fetch-site")
     if site is not None and site not in ("same-origin", "none"):
         return f"cross-site request refused (Sec-Fetch-Site: {site})"
@@ -207,6 +211,14 @@ def _cross_site(request: Request) -> str | None:
     if origin is not None and origin != own:
         return f"cross-origin request refused (Origin {origin!r} is not {own!r})"
     return None
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
 
 
 async def _json_body(request: Request) -> dict[str, Any]:

@@ -78,7 +78,8 @@ async def test_a_legacy_client_that_accepts_the_elicitation_gets_the_change_appl
         assert result is not None and result["verdict"] == "applied", result
         assert await served_version(sup) == "2"
         (message,) = asked
-        assert "bump to v2" in message and "1. bump VERSION" in message and "server.py: +2 -1" in message
+        assert "Title: bump to v2" in message and "1. bump VERSION" in message
+        assert message.index("server.py: +2 -1") < message.index("as the proposer describes it")
         (decision,) = decisions(sup)
         assert decision["decision"] == "approved" and decision["decided_by"] == "human (MCP elicitation)"
 

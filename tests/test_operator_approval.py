@@ -124,6 +124,8 @@ async def test_a_cross_origin_or_non_json_post_is_refused_before_the_token_is_lo
         assert status == 403 and "cross-site" in body["error"]
         status, body = await anyio.to_thread.run_sync(post, approve, {"token": TOKEN}, {"Content-Type": "text/plain"})
         assert status == 403 and "application/json" in body["error"]
+        status, body = await anyio.to_thread.run_sync(post, approve, {"token": TOKEN}, {"Host": "rebound.example:80"})
+        assert status == 403 and "by IP address or localhost" in body["error"]
         status, body = await anyio.to_thread.run_sync(post, f"{url}/supervisor/changes/p-none/approve", {"token": TOKEN})
         assert status == 404
         assert sup.get_change(v2).status == "pending_approval"

@@ -138,12 +138,21 @@ class ApprovalQuestion:
         return cls(proposal.id, proposal.title, list(proposal.steps), assessment.diff, assessment.decision.reason)
 
     def message(self) -> str:
-        steps = "".join(f"\n  {n}. {step}" for n, step in enumerate(self.steps, 1)) or " (none given)"
+        """What the supervisor measured comes first; the proposer's own words after, one line each,
+        so that a title cannot pose as the diff summary."""
+        steps = "".join(f"\n  {n}. {_one_line(step)}" for n, step in enumerate(self.steps, 1)) or " (none given)"
         return (
-            f"Approve change {self.proposal_id}: {self.title}\nSteps:{steps}\n{self.diff.text()}\n"
-            f"Asked because: {self.reason}. Accept applies it (then it is verified and may be rolled back); "
-            "decline refuses it."
+            f"metasup-mcp asks you to approve change {self.proposal_id}.\n"
+            f"What it touches (measured by the supervisor): {self.diff.text()}\n"
+            f"Asked because: {self.reason}.\n"
+            f"--- as the proposer describes it ---\nTitle: {_one_line(self.title)}\nSteps:{steps}\n---\n"
+            "Accept applies it (then it is verified, and rolled back if it fails); decline refuses it."
         )
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    flat = " ".join("".join(c if c.isprintable() else " " for c in text).split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
 class PendingContent:

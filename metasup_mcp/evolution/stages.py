@@ -83,13 +83,12 @@ class ApprovalStage(_Base):
                   for c in changes]
         await _io(self.pending.put, proposal.id, stored, proposal.verify, request.proposer, assessment.diff_text)
         proposal.expires_at = time.time() + self.settings.approval.timeout
+        how = (
+            f"an operator must approve it: approve_change(id={proposal.id!r}, token=<operator token>) from "
+            f"another session, `metasup-mcp approve {proposal.id}`, or the dashboard; reject_change refuses it"
+        )
         if answer == "deferred":
-            how = "waiting for the proposing client's answer to the approval request (retry the call with it)"
-        else:
-            how = (
-                f"an operator must approve it: approve_change(id={proposal.id!r}, token=<operator token>) from "
-                f"another session, `metasup-mcp approve {proposal.id}`, or the dashboard; reject_change refuses it"
-            )
+            how = f"waiting for the proposing client's answer to the approval request (it retries the call), or {how}"
         proposal.reasons.append(
             f"{assessment.decision.reason}; {how}. It expires in {self.settings.approval.timeout:g}s (approval.timeout)"
         )

@@ -24,6 +24,7 @@ from typing import Any
 
 import mcp_types as types
 from mcp.server import ServerRequestContext
+from mcp.server.connection import _NoChannelOutbound  # the stateless-HTTP sentinel (SDK 2.3)
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from metasup_mcp.evolution.approval import Answer, ApprovalQuestion
@@ -39,13 +40,26 @@ _identities: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
 
 
 def connection_identity(ctx: ServerRequestContext[Any]) -> str | None:
-    """A stable id for the connection behind `ctx` (None if the SDK gives no handle on it)."""
-    connection = getattr(ctx.session, "_connection", None)  # SDK 2.3: what outlives the request
+    """A stable id for the connection behind `ctx`; None where there is none to tell apart.
+
+    SDK 2.3 wraps a `Connection` in each `ctx.session`. A 2025-11-25 session keeps one for its
+    life; a 2026-07-28 request gets a fresh one, but on a duplex transport (stdio, memory) they
+    share the transport's outbound channel. Stateless HTTP requests share only the SDK's
+    no-channel sentinel: nothing identifies their client.
+    """
+    connection = getattr(ctx.session, "_connection", None)
     if connection is None:
         return None
-    identity = _identities.get(connection)
+    if connection.protocol_version in MODERN_PROTOCOL_VERSIONS:
+        channel = getattr(connection, "outbound", None)
+        if channel is None or type(channel) is _NoChannelOutbound:
+            return None
+        key: Any = channel
+    else:
+        key = connection
+    identity = _identities.get(key)
     if identity is None:
-        identity = _identities[connection] = f"conn-{secrets.token_hex(8)}"
+        identity = _identities[key] = f"conn-{secrets.token_hex(8)}"
     return identity
 
 

@@ -243,9 +243,10 @@ class Supervisor:
 
     async def decide_change(
         self, proposal_id: str, approve: bool, token: str, note: str = "", who: str | None = None,
-        via: str = "mcp", progress: Progress | None = None,
+        via: str = "api", progress: Progress | None = None,
     ) -> Proposal:
-        """approve_change / reject_change: needs the operator token; never the proposer's session."""
+        """approve_change / reject_change: needs the operator token; never the proposer's session.
+        `via` says which door (`mcp`, `http`, `api`); `who` is the MCP caller's connection identity."""
         return await self.changes.decide(proposal_id, approve, token, note, who, via, progress)
 
     def workspace_files(self, limit: int = 200) -> tuple[list[str], int]:

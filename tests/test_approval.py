@@ -4,6 +4,8 @@ held for an operator who approves or rejects it with the token from another sess
 from __future__ import annotations
 
 import json
+import os
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -12,7 +14,7 @@ from typing import Any
 import anyio
 import mcp_types as types
 import pytest
-from mcp import ClientSession
+from mcp import ClientSession, StdioServerParameters
 from mcp.client import Client
 from mcp.shared.memory import create_client_server_memory_streams
 
@@ -262,7 +264,48 @@ async def test_the_operator_token_can_come_from_a_file_outside_the_workspace(
     async with human_supervisor(tmp_path, operator_token_file=str(token_file)) as (sup, server):
         held = await sup.propose_change(ChangeRequest(**v2()))
         with pytest.raises(ChangeError, match="operator token is wrong"):
-            await sup.decide_change(held.id, True, "guess", via="mcp")
-        approved = await sup.decide_change(held.id, True, TOKEN, via="mcp")
+            await sup.decide_change(held.id, True, "guess")
+        approved = await sup.decide_change(held.id, True, TOKEN)
     assert approved.verdict == "applied"
     assert TOKEN not in (tmp_path / "state" / "audit.jsonl").read_text()
+
+
+async def test_a_stateless_modern_client_cannot_approve_over_mcp_at_all(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each 2026-07-28 request without a duplex channel is its own connection: nothing tells the
+    proposer from another caller, so approval goes through a session, the CLI or the dashboard."""
+    monkeypatch.setenv("METASUP_OPERATOR_TOKEN", TOKEN)
+    async with human_supervisor(tmp_path) as (sup, server):
+        async with Client(server, cache=None) as client:
+            held = (await client.call_tool("propose_change", v2())).structured_content
+            assert held is not None and held["verdict"] == "pending_approval"
+            own = await client.call_tool("approve_change", {"id": held["id"], "token": TOKEN})
+        assert own.is_error and "from a stateless connection" in own.content[0].text  # type: ignore[union-attr]
+        assert sup.get_change(held["id"]).status == "pending_approval"
+
+
+async def test_over_real_stdio_a_modern_client_is_asked_and_cannot_approve_its_own_held_change(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`metasup-mcp serve` as a process, a 2026-07-28 client on its stdin/stdout."""
+    config = write_config(
+        tmp_path, [APP], workspace_template=str(workspace_template(tmp_path)), approval={"mode": "human"},
+    )
+    params = StdioServerParameters(
+        command=sys.executable, args=["-m", "metasup_mcp.cli", "--log-level", "WARNING", "serve", "--config", str(config)],
+        env={**os.environ, "METASUP_OPERATOR_TOKEN": TOKEN},
+    )
+    asked: list[str] = []
+    with anyio.fail_after(60):
+        async with Client(params, cache=None, elicitation_callback=answering("accept", asked)) as client:
+            assert client.protocol_version == "2026-07-28"
+            applied = (await client.call_tool("propose_change", v2())).structured_content
+    assert applied is not None and applied["verdict"] == "applied" and asked
+    with anyio.fail_after(60):
+        async with Client(params, cache=None) as client:  # no elicitation: held
+            held = (await client.call_tool("propose_change", v2("v3") | {
+                "changes": [{"path": "server.py", "content": with_version("3")}]})).structured_content
+            assert held is not None and held["verdict"] == "pending_approval"
+            own = await client.call_tool("approve_change", {"id": held["id"], "token": TOKEN})
+    assert own.is_error and "this session proposed it" in own.content[0].text  # type: ignore[union-attr]

@@ -206,6 +206,13 @@ class ChangeService:
                 f"{proposal_id} is not waiting for approval (it is {proposal.verdict or proposal.status})"
             )
         content = self.pending.get(proposal_id)
+        if approve and via == "mcp" and who is None:
+            self.audit.append("decision_refused", id=proposal_id, via=via, reason="caller without session identity")
+            raise ApprovalRefused(
+                f"cannot approve {proposal_id} from a stateless connection: nothing tells it apart from the session "
+                "that proposed the change. Approve from a stdio or 2025-11-25 session, `metasup-mcp approve`, "
+                "or the dashboard"
+            )
         if approve and who is not None and content is not None and content.get("proposer") == who:
             self.audit.append("decision_refused", id=proposal_id, via=via, reason="self-approval")
             raise ApprovalRefused(

@@ -97,6 +97,10 @@ class Proposal(BaseModel):
             "trigger": self.trigger,
             "restarted": self.restarted,
             "rejected_ref": self.rejected_ref,
+            "approval": self.approval,
+            "behaviour": self.behaviour,
+            "metric": self.metric,
+            "expires_at": self.expires_at,
         }
 
 

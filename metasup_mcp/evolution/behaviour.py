@@ -147,7 +147,7 @@ class ReplaySamples:
             with anyio.CancelScope(shield=True), anyio.move_on_after(5):
                 await self.flush()  # what was sampled since the last write, at shutdown
 
-    def chosen(self, tools: set[str]) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+    def chosen(self, tools: frozenset[str] | set[str]) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
         """Up to `max_calls` samples of `tools`, taken in turn across tools (newest first)."""
         queues = {t: list(reversed(self._samples.get(t, []))) for t in sorted(tools)
                   if replay_mode(self.settings, t) != "off"}
@@ -172,7 +172,7 @@ class BehaviourCheck:
     def __init__(
         self,
         call: Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]],
-        read_only_tools: Callable[[Sequence[str]], set[str]],
+        read_only_tools: Callable[[Sequence[str]], frozenset[str]],
         settled: Callable[[], bool],
         samples: ReplaySamples,
     ) -> None:

@@ -74,7 +74,7 @@ class Gateway:
         self._tg: TaskGroup | None = None
         # Told of each successful call to a readOnlyHint tool (the replay sample; None: off).
         self.on_read_only_result: Callable[[str, dict[str, Any] | None, dict[str, Any]], None] | None = None
-        self._read_only: tuple[Index | None, set[str]] = (None, set())
+        self._read_only: tuple[Index | None, frozenset[str]] = (None, frozenset())
         for child in manager:
             via, mark = functools.partial(self._via, child), functools.partial(self._mark, child.name)
             child.hooks = session_hooks(child.name, self.upstream, via, mark)
@@ -181,14 +181,19 @@ class Gateway:
 
     # -- behaviour: the safety loop's own calls and the replay sample (evolution/behaviour.py) --
 
-    def read_only_tools(self, servers: Iterable[str] | None = None) -> set[str]:
-        """Exposed names of tools annotated `readOnlyHint: true` (of `servers`, if given)."""
+    def read_only_tools(self, servers: Iterable[str] | None = None) -> frozenset[str]:
+        """Exposed names of tools annotated `readOnlyHint: true` (of `servers`, if given).
+        Computed once per index: it is asked on every forwarded call."""
         index = self._index
         if self._read_only[0] is not index:
-            marked = {t.name for t in index.tool_list if t.annotations is not None and t.annotations.read_only_hint}
+            marked = frozenset(
+                t.name for t in index.tool_list if t.annotations is not None and t.annotations.read_only_hint
+            )
             self._read_only = (index, marked)
-        wanted = None if servers is None else set(servers)
-        return {n for n in self._read_only[1] if wanted is None or index.tools[n].server in wanted}
+        if servers is None:
+            return self._read_only[1]
+        wanted = set(servers)
+        return frozenset(n for n in self._read_only[1] if index.tools[n].server in wanted)
 
     async def call_internal(self, name: str, arguments: dict[str, Any] | None) -> dict[str, Any]:
         """Call an exposed tool for the supervisor itself (no upstream request): the raw result, or a

@@ -114,6 +114,11 @@ def _evolution_metrics(evolution: dict[str, Any]) -> Iterator[Metric]:
     for trigger, count in sorted((evolution.get("rollbacks_by_trigger") or {}).items()):
         rollbacks.add_metric([str(trigger)], count)
     yield rollbacks
+    yield GaugeMetricFamily("metasup_pending_approvals", "Proposals waiting for a human.",
+                            value=evolution.get("pending_approval") or 0)
+    if evolution.get("performance_metric") is not None:
+        yield GaugeMetricFamily("metasup_benchmark_metric", "The benchmark's metric on the newest applied change.",
+                                value=evolution["performance_metric"])
 
 
 def _latency_metric(supervisor: Any, servers: list[str]) -> HistogramMetricFamily | None:

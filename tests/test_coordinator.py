@@ -11,6 +11,7 @@ import pytest
 from metasup_mcp.config import BenchmarkSettings, ConfigError, StrategySettings, load_config
 from metasup_mcp.evolution.performance import Performance, parse_metric, relative_gain
 from metasup_mcp.evolution.strategy import select_strategy
+from metasup_mcp.metrics import render_metrics
 from metasup_mcp.supervisor import ChangeRequest, Supervisor
 from tests.safety_support import workspace_template
 from tests.test_gateway_support import write_config
@@ -69,6 +70,8 @@ async def test_strategy_follows_the_history_good_regressing_broken(tmp_path: Pat
         assert "4 consecutive failed changes (more than 3)" in status["strategy_reason"]
         assert sup.supervisor_block()["strategy"] == "metamorphic"
         assert status["rollbacks_by_trigger"] == {"regression": 1, "compile": 3}
+        scraped = render_metrics(sup).decode()
+        assert "metasup_benchmark_metric 104.0" in scraped and "metasup_pending_approvals 0.0" in scraped
 
         wide = await sup.propose_change(ChangeRequest("wide", changes=[
             {"path": f"m{n}.py", "content": "X = 1\n"} for n in range(3)

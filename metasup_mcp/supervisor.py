@@ -223,9 +223,12 @@ class Supervisor:
         self._record("emergency_done", rolled_back_to=restored)
 
     def _sample_read_only(self, tool: str, arguments: dict[str, Any] | None, result: dict[str, Any]) -> None:
-        """Keep calls answered by last good only: not while a change is on trial."""
+        """Keep calls answered by last good only: not while a change (or an on-disk edit) is on trial."""
         pipeline = self.changes.pipeline
-        if pipeline is not None and not pipeline.in_transaction and self.settings.replay.max_calls:
+        if pipeline is None or pipeline.in_transaction or not self.settings.replay.max_calls:
+            return
+        current, last_good = self.changes.commits()
+        if current is not None and current == last_good:
             self.replay.observe(tool, arguments, result)
 
     def _change_refusal(self) -> str | None:
@@ -269,7 +272,9 @@ class Supervisor:
 
     async def rollback(self, target: str = "last_good", reason: str = "") -> dict[str, Any]:
         self._refuse_in_emergency("roll back")
-        return await self.changes.rollback(target, reason)
+        result = await self.changes.rollback(target, reason)
+        self.replay.clear()  # answers sampled from the code left behind no longer say what to expect
+        return result
 
     def _record(self, kind: str, **data: Any) -> None:
         self.events.append({"at": time.time(), "event": kind, **data})

@@ -132,6 +132,10 @@ class ReplaySamples:
         del samples[: -self.settings.samples_per_tool]
         self._dirty = True  # written by `flush`, off the call's path
 
+    def clear(self) -> None:
+        self._samples = {}
+        self._dirty = True
+
     async def flush(self) -> None:
         """Write the samples to the state folder if they changed since the last write."""
         if self._dirty:

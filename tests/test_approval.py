@@ -309,3 +309,12 @@ async def test_over_real_stdio_a_modern_client_is_asked_and_cannot_approve_its_o
             assert held is not None and held["verdict"] == "pending_approval"
             own = await client.call_tool("approve_change", {"id": held["id"], "token": TOKEN})
     assert own.is_error and "this session proposed it" in own.content[0].text  # type: ignore[union-attr]
+
+
+async def test_a_modern_client_answering_after_the_approval_timeout_is_refused(tmp_path: Path) -> None:
+    async with human_supervisor(tmp_path, timeout="0.5s") as (sup, server):
+        async with Client(server, cache=None, elicitation_callback=answering("accept", delay=1.5)) as client:
+            late = (await client.call_tool("propose_change", v2())).structured_content
+        assert late is not None and late["verdict"] == "rejected" and "expired" in late["reasons"][0]
+        assert decisions(sup)[-1]["decided_by"] == "timeout"
+        assert await served_version(sup) == "1"

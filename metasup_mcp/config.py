@@ -82,6 +82,9 @@ def parse_fraction(value: Any) -> float:
     return fraction
 
 
+Fraction = Annotated[float, BeforeValidator(parse_fraction)]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -143,7 +146,7 @@ class BenchmarkSettings(_Strict):
 
     run: str | list[str]
     timeout: Duration = Field(60.0, gt=0)
-    max_regression: Annotated[float, BeforeValidator(lambda v: parse_fraction(v))] = 0.10
+    max_regression: Fraction = 0.10  # 10%: a metric worse than last good's by more is rolled back
     higher_is_better: bool = True
 
 
@@ -154,7 +157,7 @@ class StrategyLimits(_Strict):
     max_lines: int | None = Field(None, ge=1)  # lines added plus lines removed
 
 
-def _default_limits() -> dict[str, StrategyLimits]:
+def default_strategy_limits() -> dict[str, StrategyLimits]:
     return {
         "metamorphic": StrategyLimits(max_files=2, max_lines=60),
         "exploratory": StrategyLimits(max_files=10, max_lines=600),
@@ -171,7 +174,7 @@ class StrategySettings(_Strict):
     training: bool = False  # always `training` (the limits of `training` apply)
     over_limit: Literal["refuse", "human"] = "refuse"
     limits: dict[Literal["metamorphic", "exploratory", "hybrid", "training"], StrategyLimits] = Field(
-        default_factory=_default_limits
+        default_factory=default_strategy_limits
     )
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from metasup_mcp.config import StrategyLimits, StrategySettings, _default_limits
+from metasup_mcp.config import StrategyLimits, StrategySettings, default_strategy_limits
 from metasup_mcp.evolution.performance import Performance
 
 StrategyName = Literal["metamorphic", "exploratory", "hybrid", "training"]
@@ -49,7 +49,7 @@ def select_strategy(settings: StrategySettings, performance: Performance) -> Str
 
 def limits_for(settings: StrategySettings, name: StrategyName) -> StrategyLimits:
     """The configured limits of `name`, or the built-in ones when the config names others only."""
-    return settings.limits.get(name) or _default_limits()[name]
+    return settings.limits.get(name) or default_strategy_limits()[name]
 
 
 def over_limits(limits: StrategyLimits, strategy: str, files: int, lines: int) -> str | None:

@@ -1,10 +1,9 @@
 """What the safety loop costs on a 10,000-file workspace, measured side by side in one run.
 
-1. Rollback: the pipeline's git work (keep the bad commit under a rejected ref, reset --hard,
-   clean -fd; when servers ran the change, first check the tree and snapshot what they wrote)
-   against `git reset --hard && git clean -fd` run by the CLI. Target ≤ 1.5×. The second case
-   costs a status walk and a snapshot more, on a path that has just spent `min_runtime`
-   (seconds) watching the restarted servers.
+1. Rollback: the pipeline's git work (keep the bad commit under a rejected ref, save what is
+   on disk at the touched paths, put them back as saved before the change, take the commit
+   off the branch) against `git reset --hard && git clean -fd` run by the CLI (which would
+   also destroy untracked work: it is the speed reference, not the behaviour). Target ≤ 1.5×.
 2. propose_change overhead beyond checks and min_runtime: a change no server watches, with no
    checks configured, through a running Supervisor (validate, snapshot, write, commit, journal,
    audit, proposal store, last-good, prune). Target ≤ 300 ms.
@@ -27,6 +26,7 @@ import yaml
 
 from metasup_mcp.config import load_config
 from metasup_mcp.evolution.pipeline import ChangeRequest
+from metasup_mcp.evolution.recovery import undo_change
 from metasup_mcp.safety.rules import FileChange
 from metasup_mcp.safety.workspace import Workspace
 from metasup_mcp.supervisor import Supervisor
@@ -63,16 +63,17 @@ def bench_rollback(root: Path, rounds: int, servers_ran: bool) -> tuple[list[flo
     ours, cli = [], []
     for n in range(rounds):
         for measure_ours in (n % 2 == 0, n % 2 == 1):
-            ws.apply(bad_change(n))
-            bad = ws.commit_all(f"bad {n}")
+            change = bad_change(n)
+            touched = [c.path for c in change]
+            saved = ws.save(touched, f"before {n}")
+            ws.apply(change)
+            bad = ws.commit_paths(touched, f"bad {n}")
             if servers_ran:
                 (root / "written_by_a_child.log").write_text(f"{n}\n")
             started = time.perf_counter()
             if measure_ours:  # what `_roll_back` in evolution/pipeline.py does to git
                 ws.keep_rejected(f"bench-{n}-{servers_ran}", bad)
-                if servers_ran and ws.is_dirty():
-                    ws.snapshot(f"bench {n}")
-                ws.reset_to(good)
+                undo_change(ws, saved, touched, bad, f"bench {n}")
                 ours.append(time.perf_counter() - started)
             else:
                 subprocess.run("git reset -q --hard " + good + " && git clean -fdq", shell=True, cwd=root, env=GIT_ENV, check=True)

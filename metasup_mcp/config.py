@@ -7,6 +7,7 @@ offending key (as a dotted path) and, where YAML gives one, the line.
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import os
 import re
 import shutil
@@ -267,7 +268,10 @@ class ServerConfig(_Strict):
 class SupervisorConfig(_Strict):
     workspace: Path = Path(".")
     workspace_template: Path | None = None  # copied into a workspace that does not exist yet
-    state_dir: Path = Path(".metasup")
+    # None: beside the config when that is outside the workspace, else under the user's
+    # state home keyed by the workspace path (see `default_state_dir`). Never inside the workspace.
+    state_dir: Path | None = None
+    data_paths: list[str] = []  # files servers write at run time: never committed, never rolled back
     min_runtime: Duration = 10.0
     max_failures: int = Field(5, ge=1)
     protected_paths: list[str] = ["servers.yaml", "config/safety_rules.yaml", ".git/"]
@@ -326,7 +330,8 @@ class SupervisorConfig(_Strict):
 
 class Config(_Strict):
     supervisor: SupervisorConfig
-    source: Path | None = None  # the file it was read from; always protected
+    source: Path | None = None  # the file it was read from; operator-owned
+    source_sha256: str | None = None  # of the text it was read from: status shows a later edit
 
 
 
@@ -350,12 +355,15 @@ def parse_config(text: str, source: Path) -> Config:
         raise ConfigError(source, [f"{where}not valid YAML: {getattr(exc, 'problem', exc)}"]) from exc
     if not isinstance(data, dict) or "supervisor" not in data:
         raise ConfigError(source, ["the file must be a mapping with a top-level `supervisor:` key"])
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
     try:
-        config = Config.model_validate({**data, "source": source})
+        config = Config.model_validate({**data, "source": source, "source_sha256": digest})
     except ValidationError as exc:
         lines = _key_lines(root)
         raise ConfigError(source, [_describe(error, lines) for error in exc.errors()]) from exc
-    return _resolve_paths(config, source.parent, source)
+    config = _resolve_paths(config, source.parent, source)
+    _refuse_state_inside_workspace(config)
+    return config
 
 
 def _describe(error: Any, lines: dict[tuple[Any, ...], int]) -> str:
@@ -394,11 +402,14 @@ def _resolve_paths(config: Config, base: Path, source: Path) -> Config:
         return None if p is None else (p if p.is_absolute() else (base / p)).resolve()
 
     approval = sup.approval.model_copy(update={"operator_token_file": resolve(sup.approval.operator_token_file)})
+    workspace = resolve(sup.workspace)
+    assert workspace is not None
+    state_dir = resolve(sup.state_dir) if sup.state_dir is not None else default_state_dir(workspace, config.source)
     resolved = sup.model_copy(
         update={
-            "workspace": resolve(sup.workspace),
+            "workspace": workspace,
             "workspace_template": resolve(sup.workspace_template),
-            "state_dir": resolve(sup.state_dir),
+            "state_dir": state_dir,
             "safety_rules_file": resolve(sup.safety_rules_file),
             "approval": approval,
         }
@@ -411,6 +422,36 @@ def _resolve_paths(config: Config, base: Path, source: Path) -> Config:
             "keep the operator token outside it (or use METASUP_OPERATOR_TOKEN)"
         ])
     return config.model_copy(update={"supervisor": resolved})
+
+
+def default_state_dir(workspace: Path, config_file: Path | None) -> Path:
+    """`.metasup` beside a config file that lies outside the workspace; otherwise
+    `$XDG_STATE_HOME/metasup/<workspace name>-<hash of its path>` (`~/.local/state/...`)."""
+    workspace = workspace.resolve()
+    if config_file is not None and not _inside(config_file.resolve().parent / ".metasup", workspace):
+        return config_file.resolve().parent / ".metasup"
+    home = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+    key = hashlib.sha256(str(workspace).encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    return home / "metasup" / f"{_name_safe(workspace.name) or 'root'}-{key}"
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def _refuse_state_inside_workspace(config: Config) -> None:
+    sup = config.supervisor
+    assert sup.state_dir is not None
+    state, workspace = sup.state_dir.resolve(), sup.workspace.resolve()
+    if _inside(state, workspace):
+        raise ConfigError(
+            config.source or "servers.yaml",
+            [
+                f"supervisor.state_dir: {state} is inside the workspace {workspace}; the state folder "
+                "(journal, audit log, proposals, backups) must live outside what the supervised servers "
+                "can change: remove `state_dir` to use the default outside it, or name a folder outside"
+            ],
+        )
 
 
 def check_executables(config: Config) -> list[str]:

@@ -26,6 +26,7 @@ supervisor:
   workspace: workspace
   workspace_template: {examples}
   state_dir: state
+  data_paths: [notes.json]
   min_runtime: 3s
   max_failures: 50
   health_checks: {{interval: 1s, probe_timeout: 2s, failure_threshold: 2}}

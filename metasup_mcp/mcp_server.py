@@ -228,10 +228,12 @@ TOOLS: list[SupervisorTool] = [
     ),
     SupervisorTool(
         "rollback",
-        "Reset the workspace to last_good, previous, or a commit the supervisor verified; the current state "
-        "is saved first and the affected servers restart.",
+        "Put the code back as last_good, previous (the verified commit before last good in the history of "
+        "last-good moves) or a commit the supervisor verified has it; what it overwrites is saved first, data "
+        "and the config are never touched, and the affected servers restart.",
         RollbackArgs, lambda sup, a, _: sup.rollback(a.target, a.reason),
-        lambda r: f"rolled back {str(r['from'])[:12]} -> {str(r['to'])[:12]}; restarted {', '.join(r['restarted']) or 'none'}",
+        lambda r: r.get("message") if r.get("noop") else
+        f"rolled back {str(r['from'])[:12]} -> {str(r['to'])[:12]}; restarted {', '.join(r['restarted']) or 'none'}",
     ),
     SupervisorTool(
         "evolution_status", "Strategy, success rate, rollbacks by trigger, mean verify time, queue length.",

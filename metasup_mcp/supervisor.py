@@ -301,6 +301,7 @@ class Supervisor:
             "strategy": (strategy := self.changes.strategy()).name,
             "strategy_reason": strategy.reason,
             "workspace": str(self.settings.workspace),
+            "config": self.changes.config_status(),
         }
 
     def server_status(self, child: ManagedChild) -> dict[str, Any]:

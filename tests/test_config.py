@@ -219,3 +219,40 @@ supervisor:
 """)
     with pytest.raises(ConfigError, match=r"'x.y' and 'x_y' would both address their resources as metasup://ns/x_y/"):
         load_config(path)
+
+
+# -- the state folder and data (the ownership model) -------------------------------------
+
+
+def test_the_state_folder_defaults_to_beside_a_config_that_lies_outside_the_workspace(tmp_path: Path) -> None:
+    sup = load_config(servers_yaml(tmp_path / "deploy", workspace="ws")).supervisor
+    assert sup.state_dir == tmp_path / "deploy" / ".metasup"
+
+
+def test_the_state_folder_defaults_to_the_state_home_when_the_config_is_inside_the_workspace(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state-home"))
+    repo = tmp_path / "my repo"
+    sup = load_config(servers_yaml(repo, workspace=".")).supervisor
+    assert sup.state_dir is not None and sup.state_dir.parent == tmp_path / "state-home" / "metasup"
+    assert sup.state_dir.name.startswith("my_repo-")
+    other = load_config(servers_yaml(tmp_path / "other", workspace=".")).supervisor
+    assert other.state_dir != sup.state_dir, "keyed by the workspace path"
+
+
+def test_a_state_folder_inside_the_workspace_is_refused_with_what_to_do(tmp_path: Path) -> None:
+    [problem] = problems(servers_yaml(tmp_path, workspace=".", state_dir=".metasup"))
+    assert problem.startswith("supervisor.state_dir:") and "inside the workspace" in problem
+    assert "remove `state_dir`" in problem
+
+
+def test_data_paths_are_read_as_given(tmp_path: Path) -> None:
+    sup = load_config(servers_yaml(tmp_path, workspace="ws", data_paths=["notes.json", "data/"])).supervisor
+    assert sup.data_paths == ["notes.json", "data/"]
+
+
+def test_the_shipped_example_declares_its_notes_as_data_and_keeps_state_outside_the_workspace() -> None:
+    sup = load_config(Path(__file__).resolve().parents[1] / "servers.yaml").supervisor
+    assert "notes.json" in sup.data_paths
+    assert sup.state_dir is not None and sup.workspace not in [sup.state_dir, *sup.state_dir.parents]

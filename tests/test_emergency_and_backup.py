@@ -21,7 +21,8 @@ pytestmark = pytest.mark.anyio
 
 async def test_max_failures_stops_everything_and_rolls_back_to_last_good(tmp_path, make_config, supervisor_factory):
     crashing = fixture_server("broken", "--crash-on-start")
-    config = app_config(make_config, tmp_path, extra_servers=[crashing], max_failures=3)
+    # min_runtime 5s: app's first `stable` (which resets the failure count) comes after broken's 3 failures.
+    config = app_config(make_config, tmp_path, extra_servers=[crashing], max_failures=3, min_runtime="5s")
     async with supervisor_factory(config) as sup:
         workspace = sup.settings.workspace
         (workspace / "scratch.txt").write_text("unsaved\n")
@@ -29,11 +30,9 @@ async def test_max_failures_stops_everything_and_rolls_back_to_last_good(tmp_pat
             while not (sup.mode == "emergency" and any(e["event"] == "emergency_done" for e in sup.events)):
                 await anyio.sleep(0.1)
         assert all(child.at_rest for child in sup.manager)
-        assert git(workspace, "status", "--porcelain") == ""
+        assert git(workspace, "status", "--porcelain") == "?? scratch.txt"
+        assert (workspace / "scratch.txt").read_text() == "unsaved\n", "untracked work is never swept into a candidate"
         assert git(workspace, "rev-parse", "HEAD") == sup.supervisor_block()["last_good_commit"]
-        refs = git(workspace, "for-each-ref", "--format=%(refname)", "refs/metasup/").split()
-        kept = [ref for ref in refs if "/rejected/" in ref or "/snapshots/" in ref]
-        assert any(git(workspace, "show", f"{ref}:scratch.txt") == "unsaved" for ref in kept if _has(workspace, ref))
         with pytest.raises(SupervisorError, match="emergency"):
             await sup.start_server("app")
         refused = await sup.propose_change(ChangeRequest("v2", changes=[{"path": "server.py", "content": with_version("2")}]))
@@ -77,6 +76,3 @@ async def test_audit_verify_passes_on_the_trail_and_names_a_tampered_line(tmp_pa
     bad = subprocess.run(verify, capture_output=True, text=True)
     assert bad.returncode == 1 and "line 3" in bad.stderr, bad.stderr
 
-
-def _has(workspace, ref: str) -> bool:
-    return subprocess.run(["git", "cat-file", "-e", f"{ref}:scratch.txt"], cwd=workspace).returncode == 0

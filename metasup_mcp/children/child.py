@@ -427,7 +427,7 @@ class ManagedChild:
             logger.warning("%s: could not act on %s: %s", self.name, type(message).__name__, exc)
 
     def _on_stderr(self, line: str) -> None:
-        self.stderr.add(line)
+        self.stderr.add(line, self.generation)
         logger.debug("[%s] %s", self.name, line)
 
     def _event(self, kind: EventKind, **data: Any) -> None:

@@ -59,17 +59,23 @@ def child_environment(declared: Mapping[str, str], instance_id: str) -> dict[str
 
 @dataclass
 class StderrRing:
-    """The last lines a child wrote to stderr, kept across restarts."""
+    """The last lines a child wrote to stderr, kept across restarts, each with its incarnation."""
 
     lines: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=STDERR_RING_LINES))
+    generations: collections.deque[int] = field(default_factory=lambda: collections.deque(maxlen=STDERR_RING_LINES))
 
-    def add(self, line: str) -> None:
+    def add(self, line: str, generation: int = 0) -> None:
         self.lines.append(line)
+        self.generations.append(generation)
 
-    def tail(self, count: int) -> list[str]:
+    def tail(self, count: int, since_generation: int | None = None) -> list[str]:
+        """The last `count` lines; with `since_generation`, only those of later incarnations."""
         if count <= 0:
             return []
-        return list(self.lines)[-count:]
+        if since_generation is None:
+            return list(self.lines)[-count:]
+        own = [line for line, gen in zip(self.lines, self.generations, strict=True) if gen > since_generation]
+        return own[-count:]
 
 
 class ChildProcess:

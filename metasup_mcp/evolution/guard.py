@@ -1,18 +1,23 @@
 """The seed's loop, for edits made on disk (by the children themselves, or anyone).
 
-Before a child starts while the workspace differs from last good, the state is committed as
-a *candidate*. If the child then dies or turns unhealthy within `min_runtime`, the candidate
-is kept under a rejected ref and the workspace is reset to last good (the child's next
-start runs the last good code); if it survives, the candidate becomes last good.
+Before a child starts while the workspace differs from last good in code it watches (the
+changed files under its `watch` globs, never data, ignored or operator-owned files), the
+edits are saved (`refs/metasup/saved/`) and screened exactly as a proposal is: the rules,
+the approval mode and the configured checks. Refused: the paths are put back as last good
+has them and the child starts on last good. Passed: exactly those paths are committed as a
+*candidate* on the current branch; if the child then dies or turns unhealthy within
+`min_runtime`, the candidate is kept under a rejected ref, the paths put back as last good
+has them and the commit taken off the branch; if it survives, the candidate becomes last good.
 
-Edits to protected paths are never given a trial: they are reverted from last good at
-once, whenever they are seen (before each start and on a short poll).
+Declared `protected_paths` edited on disk are put back from last good (saved first) before
+each start and on a short poll. Operator-owned files (the config, the state folder, the
+package) are never touched: status shows a config that differs from what runs.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import anyio
@@ -22,12 +27,14 @@ from metasup_mcp.children.child import ChildEvent, ManagedChild
 from metasup_mcp.children.events import EventHub
 from metasup_mcp.evolution.proposals import new_proposal_id
 from metasup_mcp.safety.audit import AuditLog
+from metasup_mcp.safety.history import LastGoodHistory, move_last_good
 from metasup_mcp.safety.rules import ChangePolicy, is_protected
-from metasup_mcp.safety.workspace import Workspace
+from metasup_mcp.safety.workspace import Workspace, WorkspaceError
 
 logger = logging.getLogger(__name__)
 
 Recorder = Callable[..., None]
+Screen = Callable[[Sequence[str]], Awaitable[tuple[str, str] | None]]
 
 
 @dataclass
@@ -35,6 +42,9 @@ class Trial:
     id: str
     candidate: str
     last_good: str
+    paths: list[str]
+    made_commit: bool  # False: the candidate is a commit someone else made (HEAD as it was)
+    saved_ref: str | None
     generations: dict[str, int] = field(default_factory=dict)  # server → incarnation on trial
 
 
@@ -47,6 +57,8 @@ class DiskGuard:
         in_transaction: Callable[[], bool],
         events: EventHub,
         audit: AuditLog,
+        history: LastGoodHistory,
+        screen: Screen,
         record: Recorder,
         poll_interval: float = 2.0,
     ) -> None:
@@ -56,41 +68,71 @@ class DiskGuard:
         self._in_transaction = in_transaction
         self._events = events
         self.audit = audit
+        self.history = history
+        self._screen = screen
         self._record = record
         self.poll_interval = poll_interval
         self.trial: Trial | None = None
 
+    def _code_for(self, child: ManagedChild, tracked: Sequence[str], untracked: Sequence[str]) -> list[str]:
+        """Changed files this server watches. An untracked file counts only under an explicit
+        `watch` glob: with none (watch everything), a stray TODO.txt is the user's, not code."""
+        ws = self.workspace
+        changed = [*tracked, *(untracked if child.config.watch else ())]
+        return sorted(
+            p for p in ws.ownership.code_only(changed)
+            if child.config.watches(p) and not is_protected(p, self.policy, ws.root)
+        )
+
     async def before_start(self, child: ManagedChild) -> None:
-        """Put the on-disk state on trial with this incarnation, if it differs from last good."""
+        """Screen the on-disk state and put it on trial with this incarnation, if it differs
+        from last good in code this server watches."""
         if self._in_transaction():
             return  # a proposal or a rollback owns the workspace and verifies it itself
         async with self.lock:
-            await self._revert_protected()
             ws = self.workspace
             last_good = await _io(ws.last_good) or await _io(ws.head)
+            tracked, untracked = await _io(ws.changes_since, last_good)
+            await self._revert_protected(last_good, tracked)
             if self.trial is not None and self.trial.last_good != last_good:
                 self.trial = None  # last good moved under it (a change was applied): start afresh
             if self.trial is not None:
                 self.trial.generations[child.name] = child.generation
                 return
-            dirty, head = await _io(ws.is_dirty), await _io(ws.head)
-            if not dirty and head == last_good:
+            paths = self._code_for(child, tracked, untracked)
+            if not paths:
                 return
-            changed = await _io(ws.changed_paths, last_good)
-            if not any(child.config.watches(path) for path in changed):
-                return  # edits elsewhere: this server cannot judge them
             trial_id = new_proposal_id(prefix="c")
-            candidate = (
-                await _io(ws.commit_all, "metasup: on-disk edits (candidate)", {"Metasup-Candidate": trial_id})
-                if dirty
-                else head
-            )
-            self.trial = Trial(trial_id, candidate, last_good, {child.name: child.generation})
-            await _io(self.audit.append, "candidate", id=trial_id, commit=candidate, last_good=last_good, server=child.name)
+            saved = await _io(ws.save, paths, f"on-disk edits before candidate {trial_id}")
+            refusal = await self._screen(paths)
+            if refusal is not None:
+                await self._refuse(trial_id, paths, last_good, saved.ref, child.name, *refusal)
+                return
+            head = await _io(ws.head)
+            try:
+                candidate = await _io(ws.commit_paths, paths, "metasup: on-disk edits (candidate)", {"Metasup-Candidate": trial_id})
+                made = True
+            except WorkspaceError as exc:
+                if not str(exc).startswith("nothing to commit"):
+                    raise
+                candidate, made = head, False  # the edits are already committed (by the user)
+            self.trial = Trial(trial_id, candidate, last_good, paths, made, saved.ref, {child.name: child.generation})
+            await _io(self.audit.append, "candidate", id=trial_id, commit=candidate, last_good=last_good,
+                      server=child.name, paths=paths, saved_ref=saved.ref)
             logger.info("on-disk edits committed as candidate %s (%s), on trial with %s", trial_id, candidate[:12], child.name)
 
+    async def _refuse(self, trial_id: str, paths: list[str], last_good: str, saved_ref: str | None,
+                      server: str, trigger: str, evidence: str) -> None:
+        await _io(self.workspace.put_back, last_good, paths)
+        await _io(self.audit.append, "candidate_refused", id=trial_id, trigger=trigger, paths=paths,
+                  to=last_good, saved_ref=saved_ref, server=server, evidence=evidence[-2000:])
+        self._record("rollback", id=trial_id, source="on-disk", trigger=trigger, reason=evidence.splitlines()[0][:300] if evidence else "",
+                     saved_ref=saved_ref, to=last_good)
+        logger.warning("on-disk edits to %s refused (%s); saved under %s, %s starts on last good",
+                       ", ".join(paths), trigger, saved_ref, server)
+
     async def run(self) -> None:
-        """Judge trials from child events, and revert protected edits on a poll."""
+        """Judge trials from child events, and put back protected edits on a poll."""
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._poll_protected)
             with self._events.subscribe() as events:
@@ -114,6 +156,8 @@ class DiskGuard:
             del trial.generations[event.server]
             if not trial.generations:
                 self.trial = None
+        elif event.kind == "exited" and str(event.data.get("reason", "")).startswith("spawn failed"):
+            return  # the program never ran (not on PATH...): no evidence about the code
         elif event.kind == "exited" and event.data.get("early"):
             await self._reject(trial, "early_exit", f"{event.server}: {event.data.get('reason')}")
         elif event.kind == "health":
@@ -130,30 +174,34 @@ class DiskGuard:
         async with self.lock:
             if not await self._still_current(trial):
                 return
-            self.trial = None
-            await _io(self.workspace.mark_last_good, trial.candidate)
+            # Recorded before last good moves: the audit never lags what last good says.
             await _io(self.audit.append, "candidate_accepted", id=trial.id, commit=trial.candidate)
+            await _io(move_last_good, self.workspace, self.history, trial.candidate, f"candidate {trial.id}")
+            self.trial = None
             self._record("candidate_accepted", id=trial.id, commit=trial.candidate)
 
     async def _reject(self, trial: Trial, trigger: str, evidence: str) -> None:
         async with self.lock:
             if not await self._still_current(trial):
                 return
-            self.trial = None
             ws = self.workspace
-            snapshot = await _io(ws.snapshot, f"before rolling back candidate {trial.id}")
             ref = await _io(ws.keep_rejected, trial.id, trial.candidate)
-            await _io(ws.reset_to, trial.last_good)
+            during = await _io(ws.save, trial.paths, f"before rolling back candidate {trial.id}")
+            await _io(ws.put_back, trial.last_good, trial.paths)
+            if trial.made_commit:
+                await _io(ws.move_head, trial.candidate, await _io(ws.resolve, f"{trial.candidate}^"))
             await _io(
                 self.audit.append,
                 "rollback", id=trial.id, source="on-disk", trigger=trigger, bad_commit=trial.candidate,
-                to=trial.last_good, rejected_ref=ref, snapshot_ref=snapshot, evidence=evidence,
+                to=trial.last_good, rejected_ref=ref, saved_ref=trial.saved_ref, during_ref=during.ref, evidence=evidence,
             )
             self._record(
-                "rollback", id=trial.id, source="on-disk", trigger=trigger, reason=evidence,
+                "rollback", id=trial.id, source="on-disk", trigger=trigger, reason=evidence, saved_ref=trial.saved_ref,
                 **{"from": trial.candidate, "to": trial.last_good},
             )
-            logger.warning("on-disk edits broke a server (%s: %s): rolled back to %s", trigger, evidence, trial.last_good[:12])
+            self.trial = None
+            logger.warning("on-disk edits broke a server (%s: %s): put back as last good %s; the edits are saved under %s",
+                           trigger, evidence, trial.last_good[:12], trial.saved_ref)
 
     async def _poll_protected(self) -> None:
         while True:
@@ -166,16 +214,20 @@ class DiskGuard:
             except Exception:  # git or the audit log failing: try again at the next poll
                 logger.exception("protected-path check failed")
 
-    async def _revert_protected(self) -> None:
+    async def _revert_protected(self, last_good: str | None = None, changed: list[str] | None = None) -> None:
+        """Declared protected paths git tracks, edited on disk: saved, then put back from last good.
+        Operator-owned files are never touched, and untracked files are data."""
         ws = self.workspace
-        last_good = await _io(ws.last_good)
+        last_good = last_good or await _io(ws.last_good)
         if last_good is None:
             return
-        changed = await _io(ws.changed_paths, last_good)
-        touched = [path for path in changed if is_protected(path, self.policy, ws.root)]
+        if changed is None:
+            changed = await _io(ws.changed_paths, last_good, untracked=False)
+        touched = [p for p in changed if not ws.ownership.never_code(p) and is_protected(p, self.policy, ws.root)]
         if not touched:
             return
-        await _io(ws.restore_paths, last_good, touched)
-        await _io(self.audit.append, "revert", paths=touched, restored_from=last_good)
-        self._record("protected_revert", paths=touched)
-        logger.warning("reverted on-disk edits to protected paths from last good: %s", ", ".join(touched))
+        saved = await _io(ws.save, touched, "protected paths edited on disk")
+        await _io(ws.put_back, last_good, touched)
+        await _io(self.audit.append, "revert", paths=touched, restored_from=last_good, saved_ref=saved.ref)
+        self._record("protected_revert", paths=touched, saved_ref=saved.ref)
+        logger.warning("put back protected paths from last good (edits saved under %s): %s", saved.ref, ", ".join(touched))

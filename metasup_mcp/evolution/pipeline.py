@@ -33,13 +33,14 @@ from metasup_mcp.evolution.checks import run_checks, trigger_for
 from metasup_mcp.evolution.coordinator import Coordinator
 from metasup_mcp.evolution.performance import MetricStore
 from metasup_mcp.evolution.proposals import ChangeSummary, Proposal, ProposalStore, new_proposal_id
-from metasup_mcp.evolution.recovery import finish_interrupted
+from metasup_mcp.evolution.recovery import finish_interrupted, undo_change
 from metasup_mcp.evolution.requests import Asker, ChangeError, ChangeRequest, Progress
 from metasup_mcp.evolution.stages import ApprovalStage, BehaviourStage
 from metasup_mcp.safety.audit import AuditLog
+from metasup_mcp.safety.history import LastGoodHistory, move_last_good
 from metasup_mcp.safety.journal import Journal
 from metasup_mcp.safety.rules import ChangePolicy, ChangeSetError, FileChange, parse_changes, validate_changes
-from metasup_mcp.safety.workspace import Workspace, WorkspaceError
+from metasup_mcp.safety.workspace import Savepoint, Workspace, WorkspaceError
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +65,7 @@ class Pipeline(ApprovalStage, BehaviourStage):
         store: ProposalStore,
         journal: Journal,
         audit: AuditLog,
+        history: LastGoodHistory,
         children: Callable[[], Sequence[ManagedChild]],
         events: EventHub,
         instance_id: str,
@@ -79,6 +81,7 @@ class Pipeline(ApprovalStage, BehaviourStage):
         self.store = store
         self.journal = journal
         self.audit = audit
+        self.history = history
         self._children = children
         self._events = events
         self._instance_id = instance_id  # checks carry it, so a killed supervisor's leftovers are swept
@@ -176,7 +179,7 @@ class Pipeline(ApprovalStage, BehaviourStage):
         why = "cancelled" if isinstance(exc, anyio.get_cancelled_exc_class()) else f"failed ({type(exc).__name__})"
         with anyio.CancelScope(shield=True), anyio.move_on_after(RECOVERY_TIMEOUT):
             try:
-                outcome = await finish_interrupted(self.workspace, self.journal, self.store, self.audit, why)
+                outcome = await finish_interrupted(self.workspace, self.journal, self.store, self.audit, self.history, why)
             except Exception:  # the workspace itself is broken: the next start restores a backup
                 logger.exception("could not resolve interrupted transaction %s", proposal.id)
                 return "the workspace could not be put right; restart the supervisor to recover it"
@@ -190,24 +193,31 @@ class Pipeline(ApprovalStage, BehaviourStage):
         self, proposal: Proposal, changes: list[FileChange], last_good: str, say: Progress
     ) -> Proposal:
         ws = self.workspace
+        touched = [c.path for c in changes]
         _fault_point("begin")
-        proposal.snapshot_ref = await _io(ws.snapshot, f"before {proposal.id}")
-        await _io(self.journal.step, "snapshot", ref=proposal.snapshot_ref)
+        if await _io(_all_unchanged, ws, changes, self.settings.max_file_bytes):
+            proposal.reasons.append("nothing to apply: the workspace already has exactly this content")
+            await _io(self.journal.finish, "rejected")
+            return await self._finish(proposal, "rejected")
+        ignored_before = await _io(ws.ignored, touched)  # judged before the change can edit .gitignore
+        saved = await _io(ws.save, touched, f"before {proposal.id}")
+        proposal.snapshot_ref = saved.ref
+        await _io(self.journal.step, "saved", paths=touched, **saved._asdict())
         _fault_point("snapshot")
         await say("writing the change")
         await _io(ws.apply, changes)
         await _io(self.journal.step, "written")
         _fault_point("written")
         try:
-            proposal.commit = await _io(ws.commit_all, f"metasup: {proposal.title}", {"Metasup-Proposal": proposal.id})
+            proposal.commit = await _io(
+                ws.commit_paths, touched, f"metasup: {proposal.title}", {"Metasup-Proposal": proposal.id}, ignored_before
+            )
         except WorkspaceError as exc:
             if not str(exc).startswith("nothing to commit"):
                 raise
-            proposal.reasons.append("nothing to apply: the workspace already has exactly this content")
-            await _io(self.journal.finish, "rejected")
-            return await self._finish(proposal, "rejected")
+            proposal.reasons.append("only data or ignored files changed: nothing was committed")
         await _io(self.journal.step, "committed", commit=proposal.commit)
-        await self._audit("apply", id=proposal.id, commit=proposal.commit, paths=[c.path for c in changes])
+        await self._audit("apply", id=proposal.id, commit=proposal.commit, paths=touched, saved_ref=saved.ref)
         _fault_point("committed")
 
         started = time.monotonic()
@@ -218,18 +228,18 @@ class Pipeline(ApprovalStage, BehaviourStage):
         if failure is None:
             await _io(self.journal.step, "accepted")  # before last good moves: recovery can redo the move
             _fault_point("accepted")
-            await _io(ws.mark_last_good, proposal.commit)
+            if proposal.commit is not None:
+                await _io(move_last_good, ws, self.history, proposal.commit, f"accepted {proposal.id}")
             await self._audit("accepted", id=proposal.id, commit=proposal.commit, verify_s=proposal.verify_s)
             await _io(self.journal.finish, "applied")
             await self._prune()
-            return await self._finish(
-                proposal, "applied", f"verified in {proposal.verify_s:.1f}s; last good is now {proposal.commit[:12]}"
-            )
+            now = (await _io(ws.last_good) or "")[:12]
+            return await self._finish(proposal, "applied", f"verified in {proposal.verify_s:.1f}s; last good is now {now}")
         trigger, evidence = failure
-        await say(f"verification failed ({trigger}); rolling back to last good")
-        await self._roll_back(proposal, last_good, trigger, evidence)
+        await say(f"verification failed ({trigger}); rolling back")
+        await self._roll_back(proposal, saved, touched, trigger, evidence)
         await _io(self.journal.finish, "rolled_back")
-        return await self._finish(proposal, "rolled_back", f"{trigger}: rolled back to {last_good[:12]}")
+        return await self._finish(proposal, "rolled_back", f"{trigger}: put back as it was before {proposal.id}")
 
     async def _verify(self, proposal: Proposal, changes: list[FileChange], say: Progress) -> tuple[str, str] | None:
         await say("running checks")
@@ -252,6 +262,34 @@ class Pipeline(ApprovalStage, BehaviourStage):
         if failure is None:
             failure = await self._verify_behaviour(proposal, say)
         return failure
+
+    async def screen(self, paths: Sequence[str]) -> tuple[str, str] | None:
+        """What a proposal passes before it may run, for edits found on disk: the rules, the
+        approval mode and the configured checks. None: they may go on trial; else (trigger, why)."""
+        ws = self.workspace
+        changes, unreadable = [], []
+        for path in paths:
+            text = await _io(ws.read_text, path, self.policy.max_file_bytes)
+            if text is not None:
+                changes.append(FileChange(path, text))
+            elif os.path.lexists(ws.root / path):
+                unreadable.append(f"{path}: not UTF-8 text, not a regular file, or over max_file_bytes")
+        violations = await _io(validate_changes, changes, self.policy, ws.root)
+        problems = unreadable + [f"{v.rule}: {v.path}: {v.message}" for v in violations]
+        if problems:
+            return "rules", "; ".join(problems)
+        decision = (await _io(self.coordinator.assess, ws.root, changes)).decision
+        if decision.verdict != "approve":
+            return f"approval:{decision.verdict}", (
+                f"{decision.reason} ({decision.decided_by}): edits found on disk in {', '.join(paths)} run only "
+                "where a proposal would be applied without a person; propose them instead"
+            )
+        env = child_environment({}, instance_id=self._instance_id)
+        checks = await run_checks(self.settings.checks, ws.root, [c.path for c in changes], env)
+        for spec, check in zip(self.settings.checks, checks, strict=False):
+            if not check.ok:
+                return trigger_for(spec), check.output_tail
+        return None
 
     def affected(self, paths: Sequence[str]) -> list[ManagedChild]:
         """Children whose `watch` globs match a changed path (no `watch`: every path), wanted running."""
@@ -280,9 +318,10 @@ class Pipeline(ApprovalStage, BehaviourStage):
                     if event.kind == "exited":
                         reason = str(event.data.get("reason", ""))
                         trigger = "handshake" if reason.startswith("handshake") else "early_exit"
-                        return trigger, _evidence(child, reason)
+                        return trigger, _evidence(child, reason, before[child.name])
                     if event.kind == "health":
-                        return f"health:{event.data.get('reason')}", _evidence(child, str(event.data.get("detail")))
+                        detail = str(event.data.get("detail"))
+                        return f"health:{event.data.get('reason')}", _evidence(child, detail, before[child.name])
                     if event.kind == "stable":
                         pending.discard(event.server)
                         if not pending:
@@ -290,35 +329,29 @@ class Pipeline(ApprovalStage, BehaviourStage):
         names = ", ".join(sorted(pending))
         return "handshake", f"{names}: not up and stable within {budget:g}s"
 
-    async def _roll_back(self, proposal: Proposal, last_good: str, trigger: str, evidence: str) -> None:
-        ws = self.workspace
-        assert proposal.commit is not None
+    async def _roll_back(self, proposal: Proposal, saved: Savepoint, touched: list[str], trigger: str, evidence: str) -> None:
         await _io(self.journal.step, "rolling_back", trigger=trigger)
         proposal.trigger = trigger
         proposal.reasons.append(f"{trigger}: {evidence}".strip())
-        proposal.rejected_ref = await _io(ws.keep_rejected, proposal.id, proposal.commit)
-        # Servers that ran the change may have written into the tree meanwhile: keep that too.
-        # (A change refused at compile or by a check ran no server; checks write only caches.)
-        during = None
-        if proposal.restarted and await _io(ws.is_dirty):
-            during = await _io(ws.snapshot, f"during verification of {proposal.id}")
-        await _io(ws.reset_to, last_good)
+        if proposal.commit is not None:
+            proposal.rejected_ref = await _io(self.workspace.keep_rejected, proposal.id, proposal.commit)
+        during = await _io(undo_change, self.workspace, saved, touched, proposal.commit, f"verification of {proposal.id}")
         _fault_point("rolled_back")
         await self._audit(
-            "rollback", id=proposal.id, trigger=trigger, bad_commit=proposal.commit, to=last_good,
-            rejected_ref=proposal.rejected_ref, snapshot_ref=during, evidence=evidence[-2000:],
+            "rollback", id=proposal.id, trigger=trigger, bad_commit=proposal.commit, to=saved.head,
+            rejected_ref=proposal.rejected_ref, saved_ref=saved.ref, during_ref=during, evidence=evidence[-2000:],
         )
         self._record(
             "rollback", id=proposal.id, source="proposal", trigger=trigger, reason=evidence.splitlines()[0][:300],
-            **{"from": proposal.commit, "to": last_good},
+            **{"from": proposal.commit, "to": saved.head},
         )
-        if proposal.restarted:  # children ran the bad code: bring them back on last good
+        if proposal.restarted:  # children ran the bad code: bring them back on what was there
             await restart_and_settle([c for c in self._children() if c.name in proposal.restarted])
         await self._prune()
 
     async def _prune(self) -> None:
         try:
-            await _io(self.workspace.prune, self.settings.rollback.keep_commits)
+            await _io(self.workspace.prune, self.settings.rollback.keep_commits, self.history.commits())
         except WorkspaceError as exc:
             logger.warning("could not prune old metasup refs: %s", exc)
 
@@ -339,7 +372,9 @@ class Pipeline(ApprovalStage, BehaviourStage):
 
     async def recover_pending(self) -> str | None:
         """Finish or roll back a transaction a killed supervisor left; return what was done."""
-        return await finish_interrupted(self.workspace, self.journal, self.store, self.audit, "supervisor restarted")
+        return await finish_interrupted(
+            self.workspace, self.journal, self.store, self.audit, self.history, "supervisor restarted"
+        )
 
 
 async def restart_and_settle(children: Sequence[ManagedChild], timeout: float = 30.0) -> None:
@@ -351,9 +386,14 @@ async def restart_and_settle(children: Sequence[ManagedChild], timeout: float = 
         await child.wait_for(lambda c: c.settled_since(before[c.name]), timeout)
 
 
-def _evidence(child: ManagedChild, reason: str) -> str:
-    tail = "\n".join(child.stderr.tail(STDERR_EVIDENCE_LINES))
+def _evidence(child: ManagedChild, reason: str, before_generation: int) -> str:
+    """The reason and what the trial's own incarnations printed (never an earlier one's lines)."""
+    tail = "\n".join(child.stderr.tail(STDERR_EVIDENCE_LINES, since_generation=before_generation))
     return f"{child.name}: {reason}" + (f"\n--- stderr tail ---\n{tail}" if tail else "")
+
+
+def _all_unchanged(ws: Workspace, changes: Sequence[FileChange], limit: int) -> bool:
+    return all(c.content is not None and ws.read_text(c.path, limit) == c.content for c in changes)
 
 
 async def _quiet(message: str) -> None:

@@ -4,6 +4,7 @@ on-disk guard and backups — opened before the children start and asked by the 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -25,7 +26,9 @@ from metasup_mcp.evolution.guard import DiskGuard
 from metasup_mcp.evolution.pipeline import ChangeError, ChangeRequest, Pipeline, Progress, restart_and_settle
 from metasup_mcp.evolution.proposals import Proposal, ProposalStore, new_proposal_id
 from metasup_mcp.safety.audit import AuditError, AuditLog
+from metasup_mcp.safety.history import LastGoodHistory, move_last_good
 from metasup_mcp.safety.journal import Journal, JournalError
+from metasup_mcp.safety.ownership import Ownership
 from metasup_mcp.safety.rules import ChangePolicy, load_safety_rules
 from metasup_mcp.safety.workspace import Workspace, WorkspaceError
 
@@ -55,6 +58,7 @@ class ChangeService:
         behaviour: BehaviourCheck | None = None,
     ) -> None:
         settings = config.supervisor
+        self._config = config
         self.settings = settings
         self._children = children
         self._events = events
@@ -62,22 +66,27 @@ class ChangeService:
         self._instance_id = instance_id
         self._refuse_reason = refuse_reason
         state = settings.state_dir
+        assert state is not None  # load_config always resolves it
         self.backup_dir = state / "backups"
         self.audit = AuditLog(state / "audit.jsonl")
         self.journal = Journal(state / "journal.json")
+        self.history = LastGoodHistory(state / "last_good.json")
         self.store = ProposalStore(state / "proposals")
         self.coordinator = Coordinator(settings, self.store, MetricStore(state / "metrics.json"))
         self.pending = PendingContent(state / "pending")
         self.behaviour = behaviour
-        # Protected wherever they are, if they lie inside the workspace: the supervisor's own
-        # config, state and code can never be changed by the evolution it supervises.
-        always = [settings.state_dir, _PACKAGE_DIR]
+        # Operator-owned, wherever they are: never staged, committed, reverted or deleted, and
+        # protected from proposals if they lie inside the workspace.
+        always = [state, _PACKAGE_DIR]
         if config.source is not None:
             always.append(config.source)
         if settings.safety_rules_file is not None:
             always.append(settings.safety_rules_file)
         if settings.benchmark is not None:  # a change must not rewrite what measures it
             always.extend(benchmark_files(settings.benchmark, settings.workspace))
+        if settings.approval.operator_token_file is not None:
+            always.append(settings.approval.operator_token_file)
+        self.ownership = Ownership(settings.workspace, tuple(always), tuple(settings.data_paths))
         self.policy = ChangePolicy(
             protected_paths=list(settings.protected_paths),
             writable_paths=list(settings.writable_paths),
@@ -95,9 +104,8 @@ class ChangeService:
     async def open(self) -> None:
         """Open (or create, or restore from a bundle) the workspace and finish any interrupted change."""
         settings = self.settings
-        excludes = _excludes_for(settings.state_dir, settings.workspace)
         try:
-            ws = await blocking(Workspace.open_or_init, settings.workspace, excludes)
+            ws = await blocking(Workspace.open_or_init, settings.workspace, (), self.ownership)
             healthy = await blocking(ws.is_healthy)
         except WorkspaceError as exc:
             logger.error("workspace %s is unreadable by git (%s)", settings.workspace, exc)
@@ -105,25 +113,27 @@ class ChangeService:
         if not healthy:
             ws = await self._restore_from_backup()
         assert ws is not None
-        if await blocking(ws.last_good) is None:
-            await blocking(ws.mark_last_good, await blocking(ws.head))  # the initial state is the first good one
+        if await blocking(ws.last_good) is None:  # the initial state is the first good one
+            await blocking(move_last_good, ws, self.history, await blocking(ws.head), "the workspace as first opened")
         self.workspace = ws
         self.pipeline = pipeline = Pipeline(
-            ws, settings, self.policy, self.store, self.journal, self.audit, self._children, self._events,
-            self._instance_id, refuse_reason=self._refuse_reason, record=self._record,
+            ws, settings, self.policy, self.store, self.journal, self.audit, self.history, self._children,
+            self._events, self._instance_id, refuse_reason=self._refuse_reason, record=self._record,
             coordinator=self.coordinator, pending=self.pending, behaviour=self.behaviour,
         )
         self.guard = DiskGuard(
-            ws, self.policy, pipeline.lock, lambda: pipeline.in_transaction, self._events, self.audit, self._record
+            ws, self.policy, pipeline.lock, lambda: pipeline.in_transaction, self._events, self.audit,
+            self.history, pipeline.screen, self._record,
         )
         outcome = await self.pipeline.recover_pending()
         if outcome:
             self._record("recovered", outcome=outcome)
+        await blocking(self.history.settle, await blocking(ws.last_good))
         self.audit.append("start", workspace=str(settings.workspace), head=await blocking(ws.head))
 
     async def _restore_from_backup(self) -> Workspace:
         try:
-            ws = await blocking(Workspace.restore_from_bundle, self.settings.workspace, self.backup_dir)
+            ws = await blocking(Workspace.restore_from_bundle, self.settings.workspace, self.backup_dir, (), self.ownership)
         except WorkspaceError as exc:
             raise ChangeError(
                 f"the workspace {self.settings.workspace} is broken and no backup could restore it ({exc}); "
@@ -241,7 +251,13 @@ class ChangeService:
         return None if content is None else str(content.get("diff", ""))
 
     async def rollback(self, target: str, reason: str) -> dict[str, Any]:
-        """Reset to a verified commit (or the initial one), saving the current state first."""
+        """Put the code back as a verified commit has it (see docs/safety-model.md).
+
+        `target`: `last_good`, `previous` (the verified commit before the current last good in
+        the history of last-good moves), or a commit that was once last good (or the initial
+        one). Data and operator-owned files are never touched; every code path it overwrites
+        is saved first. A rollback to where the code already is changes nothing and says so.
+        """
         with _operational_errors("the rollback"):
             return await self._rollback(target, reason)
 
@@ -249,24 +265,54 @@ class ChangeService:
         assert self.workspace is not None and self.pipeline is not None
         ws = self.workspace
         async with self.pipeline.lock:
-            current = await blocking(ws.head)
+            current, last_good = await blocking(ws.head), await blocking(ws.last_good)
             to = await self._resolve_target(target)
-            snapshot = await blocking(ws.snapshot, f"before rollback to {to[:12]}")
+            paths = await blocking(self._code_paths_differing, to)
+            if not paths and to == last_good:
+                return {"from": current, "to": to, "noop": True, "restarted": [], "saved_ref": None,
+                        "message": f"nothing to roll back: the code is already at {to[:12]}, last good"}
+            saved = await blocking(ws.save, paths, f"before rollback to {to[:12]}")
             kept = await self._keep_unverified(current, to)
-            changed = await blocking(ws.changed_paths, to)
-            await blocking(ws.reset_to, to)
-            await blocking(ws.mark_last_good, to)
-            affected = self.pipeline.affected(changed)
+            await blocking(ws.put_back, to, paths)
+            moved_branch = await blocking(self._branch_to, current, to, paths)
+            await blocking(move_last_good, ws, self.history, to, f"rollback: {reason}")
+            affected = self.pipeline.affected(paths)
             await blocking(self.audit.append, "rollback", source="operator", trigger="manual", reason=reason,
-                           bad_commit=current, to=to, snapshot_ref=snapshot, rejected_ref=kept)
+                           bad_commit=current, to=to, saved_ref=saved.ref, rejected_ref=kept, paths=paths)
             self._record("rollback", source="operator", trigger="manual", reason=reason, **{"from": current, "to": to})
         await restart_and_settle(affected)
-        return {"from": current, "to": to, "snapshot_ref": snapshot, "rejected_ref": kept,
+        return {"from": current, "to": to, "noop": False, "saved_ref": saved.ref, "rejected_ref": kept,
+                "branch": "moved back" if moved_branch else "committed forward", "paths": paths,
                 "restarted": [c.name for c in affected]}
 
+    def _code_paths_differing(self, to: str) -> list[str]:
+        """What a rollback to `to` resets: paths committed differently since `to`, and on-disk
+        edits under some server's `watch`; never data, operator-owned or other uncommitted work."""
+        ws = self.workspace
+        assert ws is not None
+        committed = set(ws.changed_paths(to, untracked=False, worktree=False))
+        watched = {p for p in ws.changed_paths(to, untracked=False) if any(c.config.watches(p) for c in self._children())}
+        return ws.ownership.code_only(sorted(committed | watched))
+
+    def _branch_to(self, current: str, to: str, paths: list[str]) -> bool:
+        """Move the branch back to `to` if only the supervisor committed since; otherwise commit
+        the rolled-back paths on top (someone's own commits stay on their branch). True: moved."""
+        ws = self.workspace
+        assert ws is not None
+        if current == to:
+            return False
+        if ws.only_ours_between(to, current) and ws.move_head(current, to):
+            return True
+        try:
+            ws.commit_paths(paths, f"metasup: roll back to {to[:12]}", {"Metasup-Rollback": to})
+        except WorkspaceError as exc:
+            if not str(exc).startswith("nothing to commit"):
+                raise
+        return False
+
     async def _keep_unverified(self, current: str, to: str) -> str | None:
-        """Before a reset leaves `current` behind: keep it under a rejected ref unless it stays
-        reachable anyway (verified, or an ancestor of where the workspace goes)."""
+        """Before the branch leaves `current` behind: keep it under a rejected ref unless it
+        stays reachable anyway (verified, or an ancestor of where the workspace goes)."""
         ws = self.workspace
         assert ws is not None
         if current in await blocking(ws.verified_commits) or await blocking(ws.is_ancestor, current, to):
@@ -276,17 +322,20 @@ class ChangeService:
     async def _resolve_target(self, target: str) -> str:
         ws = self.workspace
         assert ws is not None
-        verified = await blocking(ws.verified_commits)
+        verified = set(await blocking(ws.verified_commits)) | set(self.history.commits())
         initial = await blocking(ws.initial_commit)
         last_good = await blocking(ws.last_good)
         if target == "last_good":
             assert last_good is not None
             return last_good
         if target == "previous":
-            older = [sha for sha in verified if sha != last_good]
-            if not older:
-                raise ChangeError("there is no verified commit before last good; use rollback(target=<commit>)")
-            return older[0]
+            previous = await blocking(self.history.previous)
+            if previous is None:
+                raise ChangeError(
+                    "there is no verified commit before last good in the history of last-good moves; "
+                    "use rollback(target=<commit>) with a commit that was once last good"
+                )
+            return previous
         try:
             sha = await blocking(ws.resolve, target)
         except (WorkspaceError, ValueError) as exc:
@@ -299,19 +348,23 @@ class ChangeService:
         return sha
 
     async def emergency_rollback(self) -> str | None:
-        """Part of an emergency: back to last good (or a backup when git itself fails)."""
+        """Part of an emergency: code back to last good (or a backup when git itself fails)."""
         assert self.workspace is not None and self.pipeline is not None
         try:
             async with self.pipeline.lock:
                 ws = self.workspace
                 last_good, current = await blocking(ws.last_good), await blocking(ws.head)
-                if last_good is None or (current == last_good and not await blocking(ws.is_dirty)):
+                if last_good is None:
                     return None
-                snapshot = await blocking(ws.snapshot, "before emergency rollback")
+                paths = await blocking(self._code_paths_differing, last_good)
+                if not paths:
+                    return None
+                saved = await blocking(ws.save, paths, "before emergency rollback")
                 kept = await self._keep_unverified(current, last_good)
-                await blocking(ws.reset_to, last_good)
+                await blocking(ws.put_back, last_good, paths)
+                await blocking(self._branch_to, current, last_good, paths)
                 await blocking(self.audit.append, "rollback", source="emergency", trigger="max_failures",
-                               bad_commit=current, to=last_good, snapshot_ref=snapshot, rejected_ref=kept)
+                               bad_commit=current, to=last_good, saved_ref=saved.ref, rejected_ref=kept, paths=paths)
                 return last_good
         except WorkspaceError as exc:
             logger.error("emergency rollback failed (%s): restoring from the newest backup", exc)
@@ -328,6 +381,23 @@ class ChangeService:
 
     # -- status -----------------------------------------------------------------------------
 
+    def config_status(self) -> dict[str, Any]:
+        """The config file: where it is, whether it lies in the workspace, and whether the file
+        on disk still is what the supervisor runs (an edit takes effect only by a restart)."""
+        source = self._config.source
+        if source is None:
+            return {"path": None, "inside_workspace": False, "changed_on_disk": False}
+        try:
+            on_disk: str | None = hashlib.sha256(source.read_bytes()).hexdigest()
+        except OSError:
+            on_disk = None
+        return {
+            "path": str(source),
+            "inside_workspace": self.ownership.lies_inside(source),
+            "changed_on_disk": on_disk != self._config.source_sha256,
+            "state_dir": str(self.settings.state_dir),
+        }
+
     def commits(self) -> tuple[str | None, str | None]:
         """(current, last good) as the ref files say now; (None, None) before the workspace opens."""
         return self.workspace.peek() if self.workspace is not None else (None, None)
@@ -343,12 +413,3 @@ def _operational_errors(what: str) -> Iterator[None]:
             f"{what} could not be carried out: {exc}. Fix the cause (disk space, permissions, a held "
             ".git/index.lock) and try again; if the workspace looks wrong, restart the supervisor to recover it"
         ) from exc
-
-
-def _excludes_for(state_dir: Path, workspace: Path) -> list[str]:
-    """The state folder, if it lies inside the workspace, must never be committed."""
-    try:
-        rel = state_dir.resolve().relative_to(workspace.resolve())
-    except ValueError:
-        return []
-    return [f"/{rel.as_posix()}/"]

@@ -1,82 +1,63 @@
-"""The git repository the children run from: snapshot, apply, commit, reset, rescue refs.
+"""The git repository the children run from, touched only along the ownership model.
 
-Git runs through one helper (`_run`) with a cleaned environment instead of GitPython's
-command wrapper: GitPython always starts from ``os.environ`` and honours inherited
-``GIT_DIR``/``GIT_WORK_TREE``/``GIT_OBJECT_DIRECTORY`` (set, for example, when the
-supervisor is started from a git hook), and it has no way to drop them. Every call pins
-``GIT_DIR`` and ``GIT_WORK_TREE``, a fixed identity, hooks off and signing off, and
-closes stdin (the supervisor's stdin is the MCP transport). A failed git command
-becomes `WorkspaceError` in `_run`, and every public method is wrapped by `_mapped`,
-the one boundary where OS errors become `WorkspaceError` too; `ValueError` means the
-caller passed something invalid.
+Every write goes through four moves, each on an exact list of paths (never `add -A`, never
+`reset --hard`, never `clean`; see docs/safety-model.md):
 
-Not thread-safe: the pipeline runs one transaction at a time.
+- `save(paths)`: the on-disk state of `paths` (tracked, untracked or ignored; absent ones
+  noted) and the user's index, as a commit under `refs/metasup/saved/`, never pruned;
+- `apply(changes)`: write and delete files (fd-relative, never through a symlink);
+- `commit_paths(paths)`: stage exactly those paths in a private index, commit on the current
+  branch, and bring the user's index entries for them along;
+- `put_back(savepoint, paths)`: make `paths` on disk, and in the user's index, what a
+  savepoint (or any commit) holds: what it lacks is deleted.
+
+Git runs through `gitcmd.run_git`, hardened against a hostile repository config. Every public
+method sits behind `mapped` (OS errors → `WorkspaceError`); `ValueError` means the caller
+passed something invalid. Not thread-safe: the pipeline's lock serialises its users.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
-import re
 import secrets
 import shutil
-import stat
-import subprocess
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import NamedTuple, ParamSpec, TypeVar
+from typing import NamedTuple
 
-from metasup_mcp.safety.journal import atomic_write, fsync_dir
-from metasup_mcp.safety.rules import FileChange, is_git_path
+from metasup_mcp.safety import bundles
+from metasup_mcp.safety.fsops import delete_at, drop_bytecode, parent_dir, unlink_inside, write_at
+from metasup_mcp.safety.gitcmd import IDENTITY, WorkspaceError, git_env, mapped, run_git
+from metasup_mcp.safety.journal import atomic_write
+from metasup_mcp.safety.ownership import Ownership
+from metasup_mcp.safety.refs import (
+    REF_LAST_GOOD,
+    REF_REJECTED,
+    REF_SAVED,
+    REF_SNAPSHOTS,
+    REF_VERIFIED,
+    ZERO,
+    GitRepo,
+    RefInfo,
+    stamp,
+)
+from metasup_mcp.safety.rules import FileChange
 
 __all__ = [
     "IDENTITY",
     "REF_LAST_GOOD",
     "REF_REJECTED",
+    "REF_SAVED",
     "REF_SNAPSHOTS",
     "REF_VERIFIED",
     "CommitInfo",
     "RefInfo",
+    "Savepoint",
     "Workspace",
     "WorkspaceError",
 ]
-
-IDENTITY = ("metasup", "metasup@localhost")
-REF_LAST_GOOD = "refs/metasup/last-good"
-REF_REJECTED = "refs/metasup/rejected/"
-REF_SNAPSHOTS = "refs/metasup/snapshots/"
-REF_VERIFIED = "refs/metasup/verified/"
-_BUNDLE_GLOB = "metasup-*.bundle"
-_ZERO = "0" * 40
-# Inherited GIT_* that describe the user's git, not which repository to act on (the
-# same allow-list idea as pre-commit's no_git_env).
-_KEEP_ENV = {"GIT_EXEC_PATH", "GIT_CONFIG_GLOBAL", "GIT_CONFIG_SYSTEM", "GIT_CONFIG_NOSYSTEM", "GIT_CONFIG_COUNT"}
-# Hooks would run user code inside our transaction (even update-ref runs
-# reference-transaction); signing could prompt for a passphrase.
-_GIT_OPTS = ("-c", "core.hooksPath=/dev/null", "-c", "commit.gpgSign=false")
-_RESTORE_EXCLUDES = ("/.git.broken-*/", "/.git.restoring-*/")
-_REF_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
-
-P = ParamSpec("P")
-R = TypeVar("R")
-
-
-class WorkspaceError(Exception):
-    """A git command or filesystem operation on the workspace failed."""
-
-    def __init__(self, message: str, *, command: Sequence[str] = (), returncode: int | None = None, stderr: str = "") -> None:
-        super().__init__(message)
-        self.command = list(command)
-        self.returncode = returncode
-        self.stderr = stderr
-
-
-class RefInfo(NamedTuple):
-    name: str
-    sha: str
-    date: datetime  # committer date, UTC
 
 
 class CommitInfo(NamedTuple):
@@ -85,135 +66,75 @@ class CommitInfo(NamedTuple):
     date: datetime  # committer date, UTC
 
 
-def _mapped(fn: Callable[P, R]) -> Callable[P, R]:
-    """The one boundary where OS-level failures become `WorkspaceError`."""
+class Savepoint(NamedTuple):
+    """What `save` recorded: `commit` holds the paths as they were (HEAD itself when they all
+    matched it), `index` the user's index then; `ref` names it when anything differed."""
 
-    @functools.wraps(fn)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return fn(*args, **kwargs)
-        except (OSError, UnicodeError, subprocess.SubprocessError) as exc:
-            raise WorkspaceError(f"{fn.__name__} failed: {exc}") from exc
-
-    return wrapper
+    ref: str | None
+    commit: str
+    index: str | None
+    head: str
 
 
-def _env(git_dir: Path | None, work_tree: Path | None, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("GIT_") or k in _KEEP_ENV or k.startswith(("GIT_CONFIG_KEY_", "GIT_CONFIG_VALUE_"))
-    }
-    name, email = IDENTITY
-    env.update(
-        LC_ALL="C",
-        LANGUAGE="C",
-        GIT_TERMINAL_PROMPT="0",
-        GIT_OPTIONAL_LOCKS="0",  # status must not take index.lock under a user's feet
-        GIT_AUTHOR_NAME=name,
-        GIT_AUTHOR_EMAIL=email,
-        GIT_COMMITTER_NAME=name,
-        GIT_COMMITTER_EMAIL=email,
-    )
-    if git_dir is not None:
-        env["GIT_DIR"] = str(git_dir)
-    if work_tree is not None:
-        env["GIT_WORK_TREE"] = str(work_tree)
-    env.update(extra or {})
-    return env
+def _nul(paths: Iterable[str]) -> bytes:
+    return b"\0".join(p.encode("utf-8", "surrogateescape") for p in paths)
 
 
-def _run(args: Sequence[str], *, cwd: Path, env: dict[str, str], input: bytes | None = None, ok: Iterable[int] = (0,)) -> subprocess.CompletedProcess[bytes]:
-    cmd = ["git", *_GIT_OPTS, *args]
-    stdin = None if input is not None else subprocess.DEVNULL
-    try:
-        proc = subprocess.run(cmd, cwd=cwd, env=env, input=input, stdin=stdin, capture_output=True, check=False)
-    except OSError as exc:
-        raise WorkspaceError(f"cannot run git ({exc.strerror}); is git installed?", command=cmd) from exc
-    if proc.returncode not in tuple(ok):
-        err = proc.stderr.decode("utf-8", "replace").strip()
-        raise WorkspaceError(
-            f"git {' '.join(args[:3])} failed (exit {proc.returncode}): {err[-2000:] or '(no output)'}",
-            command=cmd,
-            returncode=proc.returncode,
-            stderr=err,
-        )
-    return proc
-
-
-def _stamp() -> str:
-    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-
-
-def _natural(name: str) -> list[int | str]:
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
-
-
-class Workspace:
+class Workspace(GitRepo):
     """Open with `Workspace.open_or_init` or `Workspace.restore_from_bundle`."""
 
-    def __init__(self, root: Path, git_dir: Path) -> None:
-        self.root = root
-        self.git_dir = git_dir
-        self._written: set[str] = set()  # applied since the last commit/reset, see commit_all
-
-    # --- plumbing ----------------------------------------------------------------------
-
-    def _git(self, *args: str, input: bytes | None = None, env: Mapping[str, str] | None = None, ok: Iterable[int] = (0,)) -> subprocess.CompletedProcess[bytes]:
-        return _run(args, cwd=self.root, env=_env(self.git_dir, self.root, env), input=input, ok=ok)
-
-    def _out(self, *args: str, input: bytes | None = None, env: Mapping[str, str] | None = None) -> str:
-        return self._git(*args, input=input, env=env).stdout.decode("utf-8", "surrogateescape").strip()
-
-    def _resolve(self, rev: str) -> str:
-        if not rev or rev.startswith("-"):
-            raise ValueError(f"not a commit: {rev!r}")
-        proc = self._git("rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}", ok=(0, 1, 128))
-        if proc.returncode != 0:
-            raise WorkspaceError(f"{rev!r} is not a commit in {self.root}", returncode=proc.returncode)
-        return proc.stdout.decode().strip()
-
-    def _commit_tree(self, tree: str, parents: Sequence[str], message: str) -> str:
-        args = ["commit-tree", "--no-gpg-sign", tree]
-        for parent in parents:
-            args += ["-p", parent]
-        return self._out(*args, "-F", "-", input=message.encode("utf-8"))
-
     @contextlib.contextmanager
-    def _temp_index(self, *, copy: bool) -> Iterator[dict[str, str]]:
-        """Env for git to use a private index, so the user's staging area is never touched."""
-        index = Path(self.root, self._out("rev-parse", "--git-path", "index"))
+    def _temp_index(self, start: str | None) -> Iterator[dict[str, str]]:
+        """A private index (loaded with `start`'s tree), so the user's staging area is never touched."""
+        index = self.git_dir / "index"  # a linked worktree's git dir holds its own index
         tmp = index.with_name(f"metasup-index-{secrets.token_hex(6)}")
+        env = {"GIT_INDEX_FILE": str(tmp)}
         try:
-            if copy and index.exists():
-                shutil.copyfile(index, tmp)  # keeps the stat cache: add -A stays fast
-            yield {"GIT_INDEX_FILE": str(tmp)}
+            if start is not None:
+                self._git("read-tree", start, env=env)
+            yield env
         finally:
             for leftover in (tmp, tmp.with_name(tmp.name + ".lock")):
                 leftover.unlink(missing_ok=True)
 
-    def _z(self, *args: str) -> list[str]:
-        out = self._git(*args).stdout.decode("utf-8", "surrogateescape")
-        return [p for p in out.split("\0") if p]
+    def _user_index_tree(self) -> str:
+        """The tree of the user's index, written from a copy (write-tree would update its cache)."""
+        index = self.git_dir / "index"  # a linked worktree's git dir holds its own index
+        with self._temp_index(None) as env:
+            if index.exists():
+                shutil.copyfile(index, env["GIT_INDEX_FILE"])
+            return self._out("write-tree", env=env)
+
+    def _stage(self, paths: Sequence[str], env: Mapping[str, str] | None = None) -> None:
+        """Index entries for `paths` from disk, ignore rules not consulted; absent ones removed."""
+        if paths:
+            self._git("update-index", "--add", "--remove", "-z", "--stdin", input=_nul(paths), env=env)
+
+    def _index_from(self, source: str, paths: Sequence[str]) -> None:
+        """The user's index entries for `paths` as `source` has them (absent there: removed)."""
+        if paths:
+            self._git(
+                "--literal-pathspecs", "reset", "-q", "--no-refresh", source, "--pathspec-from-file=-",
+                "--pathspec-file-nul", input=_nul(paths),
+            )
 
     # --- opening -----------------------------------------------------------------------
 
     @classmethod
-    @_mapped
-    def open_or_init(cls, root: Path, exclude: Sequence[str] = ()) -> Workspace:
-        """Open the repository at `root`, or create it (and the folder) with a first commit.
+    @mapped
+    def open_or_init(cls, root: Path, exclude: Sequence[str] = (), ownership: Ownership | None = None) -> Workspace:
+        """Open the repository at `root`, or create it (and the folder) with a first commit of
+        what is there, except ignored files, data and operator-owned paths.
 
-        `exclude` are gitignore patterns (e.g. ``/.metasup/``) written to .git/info/exclude.
+        `exclude` are gitignore patterns written to .git/info/exclude.
         """
         root = Path(root).absolute()
         root.mkdir(parents=True, exist_ok=True)
         # The ceiling stops discovery at root: a workspace inside another repository
         # (.metasup-workspace/ in a project) must get its own repo, not the parent's.
-        probe = _run(
-            ["rev-parse", "--absolute-git-dir"],
-            cwd=root,
-            env=_env(None, None, {"GIT_CEILING_DIRECTORIES": str(root.parent)}),
-            ok=(0, 128),
+        probe = run_git(
+            ["rev-parse", "--absolute-git-dir"], cwd=root,
+            env=git_env(None, None, {"GIT_CEILING_DIRECTORIES": str(root.parent)}), ok=(0, 128),
         )
         if probe.returncode == 0:
             git_dir = Path(probe.stdout.decode("utf-8", "surrogateescape").strip())
@@ -223,18 +144,27 @@ class Workspace:
                 "Workspace.restore_from_bundle or move it aside"
             )
         else:
-            _run(["init", "-q", "--initial-branch=main", str(root)], cwd=root, env=_env(None, None))
+            run_git(["init", "-q", "--initial-branch=main", str(root)], cwd=root, env=git_env(None, None))
             git_dir = root / ".git"
-        ws = cls(root, git_dir)
-        ws._add_excludes(exclude)
+        ws = cls(root, git_dir, ownership or Ownership(root))
+        ws.add_excludes(exclude)
         if ws._git("rev-parse", "--verify", "--quiet", "HEAD", ok=(0, 1)).returncode == 1:
-            ws._git("add", "-A")  # unborn HEAD: record what is there as the first commit
-            tree = ws._out("write-tree")
-            sha = ws._commit_tree(tree, [], "metasup: first snapshot of the workspace\n")
-            ws._git("update-ref", "-m", "metasup: first snapshot", "HEAD", sha, _ZERO)
+            ws._first_commit()
         return ws
 
-    def _add_excludes(self, patterns: Iterable[str]) -> None:
+    def _first_commit(self) -> None:
+        with self._temp_index(None) as env:
+            self._git("add", "-A", env=env)  # unborn HEAD: what is there (not ignored) is the start
+            unwanted = [p for p in self._z("ls-files", "-z", env=env) if self.ownership.never_code(p)]
+            if unwanted:
+                self._git("rm", "-q", "--cached", "--pathspec-from-file=-", "--pathspec-file-nul", env=env, input=_nul(unwanted))
+            tree = self._out("write-tree", env=env)
+        sha = self._commit_tree(tree, [], "metasup: first snapshot of the workspace\n")
+        self._git("update-ref", "-m", "metasup: first snapshot", "HEAD", sha, ZERO)
+        self._git("reset", "-q")  # the user's index from the new HEAD
+
+    @mapped
+    def add_excludes(self, patterns: Iterable[str]) -> None:
         path = Path(self.root, self._out("rev-parse", "--git-path", "info/exclude"))
         existing = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
         missing = [p for p in dict.fromkeys(patterns) if p not in existing]
@@ -245,43 +175,75 @@ class Workspace:
 
     # --- questions ---------------------------------------------------------------------
 
-    @_mapped
+    @mapped
     def head(self) -> str:
         return self._resolve("HEAD")
 
-    @_mapped
+    @mapped
     def tracked_files(self, commit: str = "HEAD") -> list[str]:
         """The files of `commit` (workspace-relative), in git's order."""
         return self._z("ls-tree", "-r", "--name-only", "-z", commit)
 
-    @_mapped
+    @mapped
     def is_dirty(self) -> bool:
         """Modified, staged, deleted or untracked (not ignored) files."""
         return bool(self._git("status", "--porcelain=v1", "-z", "--untracked-files=normal").stdout)
 
-    @_mapped
-    def changed_paths(self, since: str) -> list[str]:
-        """Paths that differ between `since` and the working tree, untracked ones included."""
+    @mapped
+    def changed_paths(self, since: str, *, untracked: bool = True, worktree: bool = True) -> list[str]:
+        """Paths where HEAD, or (with `worktree`) the working tree, differs from `since`; with
+        `untracked`, also untracked files that are not ignored."""
         base = self._resolve(since)
-        changed = self._z("diff", "--name-only", "-z", "--no-renames", "--no-ext-diff", base, "--")
-        untracked = self._z("ls-files", "-z", "--others", "--exclude-standard")
-        return sorted(set(changed) | set(untracked))
+        changed = set(self._z("diff-tree", "-r", "--name-only", "-z", "--no-renames", base, "HEAD"))
+        if worktree:
+            changed |= set(self._z("diff", "--name-only", "-z", "--no-renames", "--no-ext-diff", "--no-textconv", base, "--"))
+        if untracked:
+            changed |= set(self._z("ls-files", "-z", "--others", "--exclude-standard"))
+        return sorted(changed)
 
-    @_mapped
+    @mapped
+    def changes_since(self, since: str) -> tuple[list[str], list[str]]:
+        """(tracked paths where HEAD or the working tree differs from `since`, untracked files
+        that are not ignored): `changed_paths` split in one pass."""
+        tracked = self.changed_paths(since, untracked=False)
+        untracked = sorted(set(self._z("ls-files", "-z", "--others", "--exclude-standard")) - set(tracked))
+        return tracked, untracked
+
+    @mapped
+    def ignored(self, paths: Sequence[str]) -> set[str]:
+        """Those of `paths` that git ignores (untracked and matching an ignore rule)."""
+        if not paths:
+            return set()
+        proc = self._git("check-ignore", "-z", "--stdin", input=_nul(paths), ok=(0, 1))
+        return {p for p in proc.stdout.decode("utf-8", "surrogateescape").split("\0") if p}
+
+    @mapped
     def initial_commit(self) -> str:
         return self._out("rev-list", "--max-parents=0", "HEAD").splitlines()[-1]
 
-    @_mapped
+    @mapped
     def is_ancestor(self, a: str, b: str) -> bool:
         proc = self._git("merge-base", "--is-ancestor", self._resolve(a), self._resolve(b), ok=(0, 1))
         return proc.returncode == 0
 
-    @_mapped
+    @mapped
+    def only_ours_between(self, base: str, tip: str) -> bool:
+        """Every commit in base..tip was made by the supervisor (and base is an ancestor of tip)."""
+        if not self.is_ancestor(base, tip):
+            return False
+        emails = self._out("log", "--format=%ae", f"{self._resolve(base)}..{self._resolve(tip)}").split()
+        return all(email == IDENTITY[1] for email in emails)
+
+    @mapped
     def commit_info(self, sha: str) -> CommitInfo:
         full, summary, ts = self._out("show", "-s", "--format=%H%x00%s%x00%ct", self._resolve(sha)).split("\0")
         return CommitInfo(full, summary, datetime.fromtimestamp(int(ts), timezone.utc))
 
-    @_mapped
+    @mapped
+    def commit_message(self, sha: str) -> str:
+        return self._out("show", "-s", "--format=%B", self._resolve(sha))
+
+    @mapped
     def is_healthy(self) -> bool:
         """HEAD's commit and tree readable, index readable, every reachable object present."""
         try:
@@ -292,43 +254,57 @@ class Workspace:
             return False
         return True
 
-    # --- changing the tree -------------------------------------------------------------
-
-    @_mapped
-    def snapshot(self, reason: str) -> str | None:
-        """Record uncommitted state under refs/metasup/snapshots/ without touching the
-        working tree, HEAD or the user's index; None when there is nothing to record.
-
-        Like `git stash`: the commit's tree is the working tree (untracked files
-        included), its first parent HEAD and, when the index differed from HEAD, a second
-        parent whose tree is the index.
-        """
-        head, head_tree = self._out("rev-parse", "HEAD", "HEAD^{tree}").split()
-        with self._temp_index(copy=True) as env:
-            index_tree = self._out("write-tree", env=env)
-            self._git("add", "-A", env=env)
-            work_tree = self._out("write-tree", env=env)
-        if index_tree == head_tree == work_tree:
+    @mapped
+    def read_text(self, rel: str, limit: int) -> str | None:
+        """A regular file's text (None: absent, not regular, over `limit` bytes or not UTF-8)."""
+        try:
+            with parent_dir(self.root, rel, create=False) as (dir_fd, name):
+                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dir_fd)
+                with os.fdopen(fd, "rb") as f:
+                    data = f.read(limit + 1)
+        except (OSError, WorkspaceError):
             return None
+        if len(data) > limit:
+            return None
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+
+    # --- the four moves ----------------------------------------------------------------
+
+    @mapped
+    def save(self, paths: Sequence[str], reason: str) -> Savepoint:
+        """Record `paths` as they are on disk, and the user's index, before anything touches them."""
+        head = self.head()
+        head_tree = self._out("rev-parse", "HEAD^{tree}")
+        index_tree = self._user_index_tree()
+        with self._temp_index(head) as env:
+            self._stage(sorted(set(paths)), env)
+            tree = self._out("write-tree", env=env)
+        if tree == head_tree and index_tree == head_tree:
+            return Savepoint(None, head, None, head)
         parents = [head]
+        index = None
         if index_tree != head_tree:
-            parents.append(self._commit_tree(index_tree, [head], f"metasup index at snapshot: {reason}\n"))
-        sha = self._commit_tree(work_tree, parents, f"metasup snapshot: {reason}\n\nMetasup-Snapshot-Head: {head}\n")
-        return self._create_ref(REF_SNAPSHOTS + _stamp(), sha)
+            index = self._commit_tree(index_tree, [head], f"metasup: the index at save: {reason}\n")
+            parents.append(index)
+        listed = "".join(f"  {p}\n" for p in sorted(set(paths))[:200])
+        message = (f"metasup saved: {reason}\n\nPaths as they were on disk (absent here = did not exist):\n"
+                   f"{listed}\nMetasup-Saved-Head: {head}\n")
+        sha = self._commit_tree(tree, parents, message)
+        return Savepoint(self._create_ref(REF_SAVED + stamp(), sha), sha, index, head)
 
-    def _create_ref(self, base: str, sha: str) -> str:
-        first = f"{base}-1"  # almost always free: `base` carries the time to the second
-        if self._git("update-ref", first, sha, _ZERO, ok=(0, 128)).returncode == 0:
-            return first
-        taken = {r.name for r in self.list_refs(base)}
-        n = 1
-        while f"{base}-{n}" in taken:
-            n += 1
-        ref = f"{base}-{n}"
-        self._git("update-ref", ref, sha, _ZERO)  # zero old value: fail rather than overwrite
-        return ref
+    @mapped
+    def untouched_since_commit(self, paths: Sequence[str]) -> bool:
+        """Whether `paths` are on disk exactly as the user's index has them (after `commit_paths`:
+        as committed), none of them untracked or ignored: a cheap check before a second save."""
+        if not paths:
+            return True
+        # Modified or deleted tracked files, and untracked ones, ignored included (no excludes given).
+        return not self._git("--literal-pathspecs", "ls-files", "-z", "--modified", "--others", "--", *paths).stdout
 
-    @_mapped
+    @mapped
     def apply(self, changes: Sequence[FileChange]) -> None:
         """Write and delete files, never following a symlink and never entering .git.
 
@@ -337,35 +313,35 @@ class Workspace:
         """
         for change in changes:
             try:
-                with _parent_dir(self.root, change.path, create=not change.delete) as (dir_fd, name):
+                with parent_dir(self.root, change.path, create=not change.delete) as (dir_fd, name):
                     if change.content is None:
-                        _delete_at(dir_fd, name)
+                        delete_at(dir_fd, name)
                     else:
-                        self._written.add(change.path)
-                        _write_at(dir_fd, name, change.content.encode("utf-8"))
+                        write_at(dir_fd, name, change.content.encode("utf-8"))
                     os.fsync(dir_fd)
             except OSError as exc:
                 raise WorkspaceError(f"cannot apply {change.path}: {exc.strerror or exc}") from exc
+        drop_bytecode(self.root, [c.path for c in changes])
 
-    @_mapped
-    def commit_all(self, message: str, trailers: Mapping[str, str] | None = None) -> str:
-        """Stage everything and commit; refuse with WorkspaceError when nothing changed.
+    @mapped
+    def commit_paths(
+        self, paths: Sequence[str], message: str, trailers: Mapping[str, str] | None = None,
+        ignored: Iterable[str] | None = None,
+    ) -> str:
+        """Commit exactly `paths` as they are on disk on the current branch; raise
+        WorkspaceError("nothing to commit...") when that changes nothing.
 
-        Files written by `apply` are staged even if a .gitignore (perhaps written by the
-        same change) ignores them: whatever a change wrote must be removable by rollback.
+        Operator-owned and data paths, and untracked files git ignores (`ignored`: as asked
+        before the change was written, so a change emptying .gitignore sweeps nothing in), are
+        never staged, whatever the caller passes. The user's index entries for them follow.
         """
-        if not message.strip():
-            raise ValueError("a commit needs a message")
-        for key, value in (trailers or {}).items():
-            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9-]*", key) or "\n" in value:
-                raise ValueError(f"bad trailer {key!r}: {value!r}")
         head = self.head()
-        self._git("add", "-A")
-        forced = sorted(p for p in self._written if os.path.lexists(self.root / p))
-        if forced:
-            pathspec = b"\0".join(p.encode("utf-8", "surrogateescape") for p in forced)
-            self._git("--literal-pathspecs", "add", "-f", "--pathspec-from-file=-", "--pathspec-file-nul", input=pathspec)
-        tree = self._out("write-tree")
+        wanted = self.ownership.code_only(sorted(set(paths)))
+        skip = set(self.ignored(wanted)) | set(ignored or ())
+        wanted = [p for p in wanted if p not in skip]
+        with self._temp_index(head) as env:
+            self._stage(wanted, env)
+            tree = self._out("write-tree", env=env)
         if tree == self._out("rev-parse", "HEAD^{tree}"):
             raise WorkspaceError("nothing to commit: the working tree matches HEAD")
         text = message.strip() + "\n"
@@ -373,315 +349,51 @@ class Workspace:
             text += "\n" + "".join(f"{k}: {v}\n" for k, v in trailers.items())
         sha = self._commit_tree(tree, [head], text)
         self._git("update-ref", "-m", f"metasup: {message.strip().splitlines()[0][:72]}", "HEAD", sha, head)
-        self._written.clear()
+        self._stage(wanted)  # the user's index: these entries as committed (from disk, with stat data)
         return sha
 
-    @_mapped
-    def reset_to(self, commit: str) -> None:
-        """`reset --hard` + `clean -fd`: ignored files stay, except ones `apply` wrote."""
-        sha = self._resolve(commit)
-        self._git("reset", "-q", "--hard", sha)
-        self._git("clean", "-fdq")
-        if self._written:  # ignored files an uncommitted change wrote: clean -fd skips them
-            self._git("--literal-pathspecs", "clean", "-fdqx", "--", *sorted(self._written))
-            self._written.clear()
-
-    @_mapped
-    def restore_uncommitted(self, snapshot_ref: str) -> None:
-        """Put the work a `snapshot` recorded back on top of HEAD (normally the commit it
-        was taken at, after `reset_to`): working tree files, deletions, untracked files
-        and, if the snapshot kept one, the staged index. HEAD does not move.
-        """
-        snap = self._resolve(snapshot_ref)
-        entries = self._z("diff-tree", "-r", "-z", "--no-renames", "--name-status", "HEAD", snap)
-        pairs = list(zip(entries[::2], entries[1::2]))
-        for status, path in pairs:
-            if status == "D":
-                _unlink_inside(self.root, path)
-        wanted = [path for status, path in pairs if status != "D"]
-        if wanted:
-            with self._temp_index(copy=False) as env:
-                self._git("read-tree", snap, env=env)
-                paths = b"\0".join(p.encode("utf-8", "surrogateescape") for p in wanted)
-                self._git("checkout-index", "-f", "-z", "--stdin", env=env, input=paths)
-        parents = self._out("rev-list", "--parents", "-n", "1", snap).split()
-        if len(parents) > 2:  # the index as it was, staged changes included
-            self._git("read-tree", parents[2])
-            self._git("update-index", "-q", "--refresh", ok=(0, 1))
-
-    @_mapped
-    def restore_paths(self, commit: str, paths: Sequence[str]) -> None:
-        """Make `paths` (working tree and index) match `commit`; a path the commit does
-        not have is deleted. Other paths and HEAD are left alone."""
-        sha = self._resolve(commit)
+    @mapped
+    def put_back(self, source: str | Savepoint, paths: Sequence[str]) -> None:
+        """Make `paths` on disk what `source` holds (deleted where it lacks them), and the
+        user's index entries for them what they were at the savepoint (or `source`'s)."""
+        commit = source.commit if isinstance(source, Savepoint) else self._resolve(source)
+        index = (source.index or source.head) if isinstance(source, Savepoint) else commit
+        paths = sorted(set(paths))
         if not paths:
             return
-        present = set(self._z("--literal-pathspecs", "ls-tree", "-r", "-z", "--name-only", sha, "--", *paths))
+        present = set(self._z("--literal-pathspecs", "ls-tree", "-r", "-z", "--name-only", commit, "--", *paths))
+        for path in paths:
+            if path not in present:
+                unlink_inside(self.root, path)
         if present:
-            spec = b"\0".join(p.encode("utf-8", "surrogateescape") for p in sorted(present))
-            self._git("--literal-pathspecs", "checkout", "-q", sha, "--pathspec-from-file=-", "--pathspec-file-nul", input=spec)
-        absent = [p for p in paths if p not in present]
-        if absent:
-            self._git("--literal-pathspecs", "rm", "-q", "--cached", "--ignore-unmatch", "--", *absent)
-            for path in absent:
-                _unlink_inside(self.root, path)
+            with self._temp_index(commit) as env:
+                self._git("checkout-index", "-f", "-z", "--stdin", env=env, input=_nul(sorted(present)))
+        drop_bytecode(self.root, paths)
+        self._index_from(index, paths)
 
-    # --- refs --------------------------------------------------------------------------
-
-    @_mapped
-    def peek(self) -> tuple[str | None, str | None]:
-        """(HEAD, last good) read from the ref files, without running git: cheap enough for a
-        status poll on the event loop. None where a ref cannot be read this way (callers that
-        must be exact use `head()` and `last_good()`)."""
-        packed: dict[str, str] | None = None
-
-        def ref(name: str) -> str | None:
-            nonlocal packed
-            try:
-                return (self.git_dir / name).read_text(encoding="ascii").strip() or None
-            except (OSError, UnicodeError):
-                pass
-            if packed is None:
-                packed = {}
-                with contextlib.suppress(OSError, UnicodeError):
-                    for line in (self.git_dir / "packed-refs").read_text(encoding="ascii").splitlines():
-                        sha, _, refname = line.partition(" ")
-                        if refname and not line.startswith(("#", "^")):
-                            packed[refname] = sha
-            return packed.get(name)
-
-        head = ref("HEAD")
-        if head is not None and head.startswith("ref: "):
-            head = ref(head[5:])
-        return head, ref(REF_LAST_GOOD)
-
-    @_mapped
-    def last_good(self) -> str | None:
-        proc = self._git("rev-parse", "--verify", "--quiet", REF_LAST_GOOD + "^{commit}", ok=(0, 1))
-        return proc.stdout.decode().strip() if proc.returncode == 0 else None
-
-    @_mapped
-    def mark_last_good(self, commit: str) -> None:
-        """Move last good, and remember the commit as verified (a rollback target later)."""
-        sha = self._resolve(commit)
-        self._git("update-ref", REF_LAST_GOOD, sha)
-        if sha not in self.verified_commits():
-            self._create_ref(REF_VERIFIED + _stamp(), sha)
-
-    @_mapped
-    def verified_commits(self) -> list[str]:
-        """Commits that were once last good, newest first (bounded by `prune`)."""
-        return list(dict.fromkeys(r.sha for r in self.list_refs(REF_VERIFIED)))
-
-    @_mapped
-    def resolve(self, rev: str) -> str:
-        """The full sha of a commit named by `rev` (a sha, a prefix, a ref)."""
-        return self._resolve(rev)
-
-    @_mapped
-    def keep_rejected(self, proposal_id: str, commit: str) -> str:
-        if not _REF_ID.fullmatch(proposal_id) or ".." in proposal_id or proposal_id.endswith((".", ".lock")):
-            raise ValueError(f"proposal id {proposal_id!r} cannot be a ref name")
-        ref = REF_REJECTED + proposal_id
-        self._git("update-ref", ref, self._resolve(commit))
-        return ref
-
-    @_mapped
-    def list_refs(self, prefix: str = "refs/metasup/") -> list[RefInfo]:
-        """Refs starting with `prefix`, newest committer date first."""
-        fmt = "%(refname)%00%(objectname)%00%(committerdate:unix)"
-        out = self._out("for-each-ref", f"--format={fmt}", prefix[: prefix.rfind("/") + 1] or "refs/")
-        refs = []
-        for line in out.splitlines():
-            name, sha, ts = line.split("\0")
-            if name.startswith(prefix):
-                refs.append(RefInfo(name, sha, datetime.fromtimestamp(int(ts or 0), timezone.utc)))
-        refs.sort(key=lambda r: (r.date, _natural(r.name)), reverse=True)
-        return refs
-
-    @_mapped
-    def prune(self, keep: int) -> list[str]:
-        """Keep the newest `keep` refs under rejected/, snapshots/ and verified/; return the deleted."""
-        if keep < 0:
-            raise ValueError("keep must be >= 0")
-        prefixes = (REF_REJECTED, REF_SNAPSHOTS, REF_VERIFIED)
-        doomed = [r.name for prefix in prefixes for r in self.list_refs(prefix)[keep:]]
-        if doomed:
-            self._git("update-ref", "--stdin", input="".join(f"delete {r}\n" for r in doomed).encode("utf-8"))
-        return doomed
+    @mapped
+    def move_head(self, expected: str, to: str) -> bool:
+        """Point the current branch at `to` if it is still at `expected`; the tree is not touched."""
+        proc = self._git("update-ref", "-m", f"metasup: back to {to[:12]}", "HEAD", self._resolve(to), expected, ok=(0, 1, 128))
+        return proc.returncode == 0
 
     # --- backups -----------------------------------------------------------------------
 
-    @_mapped
+    @mapped
     def write_bundle(self, backup_dir: Path, keep: int = 3) -> Path:
         """`git bundle create --all` into backup_dir atomically; keep the newest `keep`."""
-        if keep < 1:
-            raise ValueError("keep must be >= 1")
-        backup_dir = Path(backup_dir)
-        backup_dir.mkdir(parents=True, exist_ok=True)
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
-        final = backup_dir / f"metasup-{stamp}.bundle"
-        tmp = backup_dir / f".{final.name}.tmp"
-        try:
-            self._git("bundle", "create", "--quiet", str(tmp), "--all")
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, final)
-        finally:
-            tmp.unlink(missing_ok=True)
-        fsync_dir(backup_dir)
-        for old in sorted(backup_dir.glob(_BUNDLE_GLOB), reverse=True)[keep:]:
-            old.unlink()
-        return final
+        return bundles.write_bundle(self._git, backup_dir, keep)
 
     @classmethod
-    @_mapped
-    def restore_from_bundle(cls, root: Path, backup_dir: Path, exclude: Sequence[str] = ()) -> Workspace:
+    @mapped
+    def restore_from_bundle(cls, root: Path, backup_dir: Path, exclude: Sequence[str] = (), ownership: Ownership | None = None) -> Workspace:
         """Rebuild `root/.git` from the newest usable bundle; the broken one moves to
         `.git.broken-<time>`. The working tree is left as it is (the index is rebuilt
-        from HEAD), so user work survives as uncommitted changes: snapshot, then reset.
-        """
+        from HEAD), so user work survives as uncommitted changes."""
         root = Path(root).absolute()
-        bundles = sorted(Path(backup_dir).glob(_BUNDLE_GLOB), reverse=True)
-        if not bundles:
-            raise WorkspaceError(f"no {_BUNDLE_GLOB} in {backup_dir} to restore from")
-        stamp = _stamp()
-        dot_git, new_dir, aside = root / ".git", root / f".git.restoring-{stamp}", root / f".git.broken-{stamp}"
-        hint = _head_hint(dot_git)
-        problems = []
-        for bundle in bundles:
-            try:
-                _build_from_bundle(new_dir, bundle, hint, root)
-                break
-            except WorkspaceError as exc:
-                problems.append(f"{bundle.name}: {exc}")
-                shutil.rmtree(new_dir, ignore_errors=True)
-        else:
-            raise WorkspaceError("no usable bundle: " + "; ".join(problems))
-        old_excludes: list[str] = []
-        if os.path.lexists(dot_git):
-            try:
-                old_excludes = (dot_git / "info" / "exclude").read_text(encoding="utf-8").splitlines()
-            except (OSError, UnicodeError):
-                pass  # a broken repo may well have lost this too
-            os.replace(dot_git, aside)
-        os.replace(new_dir, dot_git)
-        fsync_dir(root)
-        ws = cls(root, dot_git)
-        patterns = [p for p in old_excludes if p.strip() and not p.startswith("#")]
-        ws._add_excludes([*patterns, *exclude, *_RESTORE_EXCLUDES])
+        dot_git, patterns = bundles.rebuild_git_dir(root, backup_dir)
+        ws = cls(root, dot_git, ownership or Ownership(root))
+        ws.add_excludes([*patterns, *exclude])
         ws._git("reset", "-q")  # index from HEAD; the working tree is untouched
         return ws
 
-
-def _head_hint(dot_git: Path) -> str | None:
-    """The branch the broken repository had checked out, if its HEAD file still says."""
-    try:
-        text = (dot_git / "HEAD").read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeError):
-        return None
-    return text[5:].strip() if text.startswith("ref: refs/heads/") else None
-
-
-def _build_from_bundle(new_dir: Path, bundle: Path, hint: str | None, cwd: Path) -> None:
-    _run(["init", "-q", "--bare", str(new_dir)], cwd=cwd, env=_env(None, None))
-    env = _env(new_dir, None)
-    heads: dict[str, str] = {}
-    for line in _run(["bundle", "list-heads", str(bundle)], cwd=cwd, env=env).stdout.decode().splitlines():
-        sha, _, name = line.partition(" ")
-        heads[name] = sha
-    _run(["fetch", "-q", "--no-write-fetch-head", str(bundle), "+refs/*:refs/*"], cwd=cwd, env=env)
-    head = heads.get("HEAD")
-    branches = [n for n, s in heads.items() if n.startswith("refs/heads/") and (head is None or s == head)]
-    if hint in heads and (head is None or heads[hint] == head):
-        _run(["symbolic-ref", "HEAD", hint], cwd=cwd, env=env)
-    elif branches:
-        _run(["symbolic-ref", "HEAD", sorted(branches)[0]], cwd=cwd, env=env)
-    elif head is not None:
-        _run(["update-ref", "--no-deref", "HEAD", head], cwd=cwd, env=env)
-    else:
-        raise WorkspaceError(f"{bundle.name} has neither HEAD nor a branch")
-    _run(["config", "core.bare", "false"], cwd=cwd, env=env)
-    _run(["config", "core.logAllRefUpdates", "true"], cwd=cwd, env=env)
-
-
-# --- file operations: relative to directory fds, never following symlinks ---------------
-
-
-def _safe_parts(path: str) -> list[str]:
-    parts = path.split("/") if isinstance(path, str) else []
-    if not parts or any(p in ("", ".", "..") or "\0" in p for p in parts) or is_git_path(path):
-        raise WorkspaceError(f"refusing to write {path!r}: not a plain path inside the workspace")
-    return parts
-
-
-@contextlib.contextmanager
-def _parent_dir(root: Path, rel: str, *, create: bool) -> Iterator[tuple[int, str]]:
-    """An fd of rel's folder, reached one component at a time with O_NOFOLLOW (so a
-    symlinked folder fails, even one swapped in after validation) and the last name."""
-    parts = _safe_parts(rel)
-    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
-    root_fd = fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        for part in parts[:-1]:
-            try:
-                nxt = os.open(part, flags, dir_fd=fd)
-            except FileNotFoundError:
-                if not create:
-                    raise
-                os.mkdir(part, dir_fd=fd)
-                os.fsync(fd)
-                nxt = os.open(part, flags, dir_fd=fd)
-            if fd != root_fd:
-                os.close(fd)
-            fd = nxt
-        yield fd, parts[-1]
-    finally:
-        if fd != root_fd:
-            os.close(fd)
-        os.close(root_fd)
-
-
-def _unlink_inside(root: Path, rel: str) -> None:
-    """Delete a file below root without following symlinks; a missing one is fine."""
-    try:
-        with _parent_dir(root, rel, create=False) as (dir_fd, name):
-            _delete_at(dir_fd, name)
-    except FileNotFoundError:
-        pass
-
-
-def _write_at(dir_fd: int, name: str, data: bytes) -> None:
-    try:
-        st: os.stat_result | None = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-    except FileNotFoundError:
-        st = None
-    if st is not None and not stat.S_ISREG(st.st_mode):
-        kind = "a symlink" if stat.S_ISLNK(st.st_mode) else "not a regular file"
-        raise WorkspaceError(f"refusing to write {name!r}: it is {kind}")
-    tmp = f".metasup-{secrets.token_hex(6)}.tmp"  # short: `name` may already be NAME_MAX long
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666, dir_fd=dir_fd)
-    try:
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            if st is not None:
-                os.fchmod(fd, stat.S_IMODE(st.st_mode))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-    except BaseException:
-        try:
-            os.unlink(tmp, dir_fd=dir_fd)
-        except FileNotFoundError:
-            pass
-        raise
-
-
-def _delete_at(dir_fd: int, name: str) -> None:
-    st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-    if stat.S_ISDIR(st.st_mode):
-        raise WorkspaceError(f"refusing to delete folder {name!r}")
-    os.unlink(name, dir_fd=dir_fd)

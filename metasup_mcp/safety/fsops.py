@@ -1,0 +1,116 @@
+"""File operations inside the workspace: relative to directory fds, never following a symlink,
+never entering `.git`. The last line of defence under `rules.validate_changes`."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+from metasup_mcp.safety.gitcmd import WorkspaceError
+from metasup_mcp.safety.rules import is_git_path
+
+__all__ = ["delete_at", "drop_bytecode", "parent_dir", "unlink_inside", "write_at"]
+
+def safe_parts(path: str) -> list[str]:
+    parts = path.split("/") if isinstance(path, str) else []
+    if not parts or any(p in ("", ".", "..") or "\0" in p for p in parts) or is_git_path(path):
+        raise WorkspaceError(f"refusing to write {path!r}: not a plain path inside the workspace")
+    return parts
+
+
+@contextlib.contextmanager
+def parent_dir(root: Path, rel: str, *, create: bool) -> Iterator[tuple[int, str]]:
+    """An fd of rel's folder, reached one component at a time with O_NOFOLLOW (so a
+    symlinked folder fails, even one swapped in after validation) and the last name."""
+    parts = safe_parts(rel)
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+    root_fd = fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for part in parts[:-1]:
+            try:
+                nxt = os.open(part, flags, dir_fd=fd)
+            except FileNotFoundError:
+                if not create:
+                    raise
+                os.mkdir(part, dir_fd=fd)
+                os.fsync(fd)
+                nxt = os.open(part, flags, dir_fd=fd)
+            if fd != root_fd:
+                os.close(fd)
+            fd = nxt
+        yield fd, parts[-1]
+    finally:
+        if fd != root_fd:
+            os.close(fd)
+        os.close(root_fd)
+
+
+def unlink_inside(root: Path, rel: str) -> None:
+    """Delete a file below root without following symlinks; a missing one is fine."""
+    try:
+        with parent_dir(root, rel, create=False) as (dir_fd, name):
+            delete_at(dir_fd, name)
+    except FileNotFoundError:
+        pass
+
+
+def write_at(dir_fd: int, name: str, data: bytes) -> None:
+    try:
+        st: os.stat_result | None = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        st = None
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        kind = "a symlink" if stat.S_ISLNK(st.st_mode) else "not a regular file"
+        raise WorkspaceError(f"refusing to write {name!r}: it is {kind}")
+    tmp = f".metasup-{secrets.token_hex(6)}.tmp"  # short: `name` may already be NAME_MAX long
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666, dir_fd=dir_fd)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            if st is not None:
+                os.fchmod(fd, stat.S_IMODE(st.st_mode))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        try:
+            os.unlink(tmp, dir_fd=dir_fd)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def delete_at(dir_fd: int, name: str) -> None:
+    st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    if stat.S_ISDIR(st.st_mode):
+        raise WorkspaceError(f"refusing to delete folder {name!r}")
+    os.unlink(name, dir_fd=dir_fd)
+
+
+def drop_bytecode(root: Path, paths: list[str]) -> None:
+    """Remove `__pycache__/<stem>.*.pyc` of each changed `.py` path.
+
+    A pyc is trusted when the source's mtime (whole seconds) and size match it, so a source put
+    back within the same second at the same size would otherwise run the bytecode of the code
+    it replaced (a failed trial's code surviving its rollback).
+    """
+    for rel in paths:
+        folder, _, name = rel.rpartition("/")
+        if not name.endswith(".py"):
+            continue
+        cache = f"{folder}/__pycache__/x" if folder else "__pycache__/x"
+        try:
+            with parent_dir(root, cache, create=False) as (dir_fd, _):
+                for entry in os.listdir(dir_fd):
+                    if entry.startswith(name[:-3] + ".") and entry.endswith(".pyc"):
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(entry, dir_fd=dir_fd)
+        except (OSError, WorkspaceError):
+            continue  # no cache folder (or not a plain one): nothing stale to drop

@@ -1,4 +1,4 @@
-"""`metasup-mcp` entry point: parse, dispatch, and turn known failures into exit codes.
+"""`metasup-mcp` entry point: parse, dispatch to `metasup_mcp.commands`, turn known failures into exit codes.
 
 stdout belongs to the MCP wire when serving over stdio: everything here logs to stderr.
 """
@@ -6,22 +6,19 @@ stdout belongs to the MCP wire when serving over stdio: everything here logs to 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import signal
 import sys
 from pathlib import Path
 
-import anyio
-
 from metasup_mcp import __version__
-from metasup_mcp.config import Config, ConfigError, check_executables, effective_config, load_config
+from metasup_mcp.commands import EXIT_CONFIG, EXIT_REFUSED
+from metasup_mcp.config import ConfigError, load_config
 from metasup_mcp.safety.rules import SafetyRulesError
 
-logger = logging.getLogger("metasup_mcp")
+__all__ = ["EXIT_CONFIG", "EXIT_REFUSED", "main"]
 
-EXIT_CONFIG = 2  # the configuration is wrong: fix servers.yaml
-EXIT_REFUSED = 1  # the supervisor cannot start as things are (state folder in use, workspace unrecoverable)
+logger = logging.getLogger("metasup_mcp")
+_CONFIG = Path("servers.yaml")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -31,17 +28,45 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command")
 
     serve = commands.add_parser("serve", help="serve MCP (the default command)")
-    serve.add_argument("--config", type=Path, default=Path("servers.yaml"))
+    serve.add_argument("--config", type=Path, default=_CONFIG)
     serve.add_argument("--transport", choices=["stdio", "http"], default="stdio")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8765)
 
     check = commands.add_parser("check-config", help="validate servers.yaml and print the effective config")
-    check.add_argument("path", type=Path, nargs="?", default=Path("servers.yaml"))
+    check.add_argument("path", type=Path, nargs="?", default=_CONFIG)
+
+    init = commands.add_parser("init", help="write a commented servers.yaml and prepare the workspace")
+    init.add_argument("directory", type=Path, nargs="?", default=Path("."), help="where servers.yaml and state/ go")
+    init.add_argument("--workspace", type=Path, help="an existing folder or repository to supervise (default: DIR/workspace)")
+    init.add_argument("--force", action="store_true", help="overwrite an existing servers.yaml")
+
+    add = commands.add_parser(
+        "add", help="add a server to servers.yaml: add NAME -- COMMAND [ARGS...] or add NAME --url URL",
+        usage="metasup-mcp add NAME [--config PATH] [--env K=V]... [--watch GLOB]... -- COMMAND [ARGS...]\n"
+        "       metasup-mcp add NAME [--config PATH] --url URL [--header K=V]...",
+    )
+    add.add_argument("name")
+    add.add_argument("--config", type=Path, default=_CONFIG)
+    add.add_argument("--env", action="append", default=[], metavar="K=V", help="environment for the child (repeatable)")
+    add.add_argument("--watch", action="append", default=[], metavar="GLOB", help="paths whose changes restart it (repeatable)")
+    add.add_argument("--url", help="a remote server's streamable HTTP endpoint instead of a command")
+    add.add_argument("--header", action="append", default=[], metavar="K=V", help="HTTP header for --url (repeatable; ${VAR} allowed)")
+    add.add_argument("--replace", action="store_true", help="replace a server of the same name")
+
+    remove = commands.add_parser("remove", help="remove a server from servers.yaml")
+    remove.add_argument("name")
+    remove.add_argument("--config", type=Path, default=_CONFIG)
+
+    claude = commands.add_parser("import-claude-config", help="Claude Desktop's mcpServers as servers.yaml entries")
+    claude.add_argument("file", type=Path, nargs="?", help="default: this platform's claude_desktop_config.json")
+    claude.add_argument("--config", type=Path, default=_CONFIG)
+    claude.add_argument("--merge", action="store_true", help="add them to --config instead of printing them")
+    claude.add_argument("--print-client-config", action="store_true", help="print the one mcpServers entry that replaces them")
 
     audit = commands.add_parser("audit", help="the audit log: `audit verify` checks its hash chain")
     audit.add_argument("action", choices=["verify"])
-    audit.add_argument("--config", type=Path, default=Path("servers.yaml"))
+    audit.add_argument("--config", type=Path, default=_CONFIG)
     audit.add_argument("--log", type=Path, help="the audit log (default: <state_dir>/audit.jsonl of --config)")
 
     demo = commands.add_parser("demo", help="a narrated demonstration in a temporary workspace")
@@ -49,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
 
     status = commands.add_parser("status", help="show a running supervisor's status (from its status endpoint)")
     status.add_argument("--url", help="the status endpoint (default: status_http of --config, else http://127.0.0.1:9000)")
-    status.add_argument("--config", type=Path, default=Path("servers.yaml"))
+    status.add_argument("--config", type=Path, default=_CONFIG)
     status.add_argument("--token", help="the status_http token (default: from --config, or $METASUP_STATUS_TOKEN)")
     status.add_argument("--json", action="store_true", help="print the status JSON instead of a table")
 
@@ -58,34 +83,80 @@ def _parser() -> argparse.ArgumentParser:
         decide.add_argument("id", help="the proposal id (list_changes, the dashboard)")
         decide.add_argument("--note", default="", help="why; recorded in the audit trail")
         decide.add_argument("--url", help="the status endpoint (default: status_http of --config)")
-        decide.add_argument("--config", type=Path, default=Path("servers.yaml"))
+        decide.add_argument("--config", type=Path, default=_CONFIG)
         decide.add_argument("--token", help="the status_http token, if it has one")
     return parser
 
 
+def _dispatch(args: argparse.Namespace) -> int:
+    command = args.command or "serve"
+    if command == "check-config":
+        from metasup_mcp.commands.check_config import check_config
+
+        return check_config(args.path)
+    if command == "init":
+        from metasup_mcp.commands.init import init
+
+        return init(args.directory, args.workspace, args.force)
+    if command == "add":
+        from metasup_mcp.commands.servers import add, server_entry
+
+        entry = server_entry(
+            args.name, args.server_command, url=args.url, env=args.env, headers=args.header, watch=args.watch
+        )
+        return add(args.config, entry, replace=args.replace)
+    if command == "remove":
+        from metasup_mcp.commands.servers import remove
+
+        return remove(args.config, args.name)
+    if command == "import-claude-config":
+        from metasup_mcp.commands.import_claude import import_claude_config
+
+        return import_claude_config(args.file, args.config, args.merge, args.print_client_config)
+    if command == "demo":
+        from metasup_mcp.demo import run_demo
+
+        return run_demo(keep=args.keep)
+    if command == "audit":
+        from metasup_mcp.commands.audit import audit_verify
+
+        return audit_verify(args.log or load_config(args.config).supervisor.state_dir / "audit.jsonl")
+    if command == "status":
+        from metasup_mcp.commands.status import status
+
+        return status(args.url, args.config, args.token, args.json)
+    if command in ("approve", "reject"):
+        from metasup_mcp.commands.decide import decide
+
+        return decide(args.id, command == "approve", args.note, args.url, args.config, args.token)
+    from metasup_mcp.commands.serve import serve
+
+    return serve(load_config(getattr(args, "config", _CONFIG)), getattr(args, "transport", "stdio"), args)
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    """Parse `argv`; for `add`, everything after the first `--` is the server's command, verbatim."""
+    parser = _parser()
+    if "--" in argv:
+        cut = argv.index("--")
+        args = parser.parse_args(argv[:cut])
+        if args.command == "add":
+            args.server_command = argv[cut + 1 :]
+            return args
+    args = parser.parse_args(argv)
+    args.server_command = []
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _parse(sys.argv[1:] if argv is None else list(argv))
     logging.basicConfig(
         level=getattr(logging, args.log_level),
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    command = args.command or "serve"
     try:
-        if command == "check-config":
-            return check_config(args.path)
-        if command == "demo":
-            from metasup_mcp.demo import run_demo
-
-            return run_demo(keep=args.keep)
-        if command == "audit":
-            return audit_verify(args.log or load_config(args.config).supervisor.state_dir / "audit.jsonl")
-        if command == "status":
-            return status(args)
-        if command in ("approve", "reject"):
-            return decide(args, approve=command == "approve")
-        config_path = getattr(args, "config", Path("servers.yaml"))
-        return serve(load_config(config_path), getattr(args, "transport", "stdio"), args)
+        return _dispatch(args)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return EXIT_CONFIG
@@ -96,14 +167,20 @@ def main(argv: list[str] | None = None) -> int:
         if refusal is None:
             raise
         print(f"metasup-mcp: {refusal}", file=sys.stderr)
-        return EXIT_CONFIG if isinstance(refusal, ConfigError | SafetyRulesError) else EXIT_REFUSED
+        return EXIT_REFUSED if _is_refusal_to_start(refusal) else EXIT_CONFIG
 
 
 def _refusal(exc: BaseException) -> Exception | None:
     """The refusal a person can act on inside `exc`, which may come wrapped in task-group exception groups."""
+    from metasup_mcp.claude_config import ClaudeConfigError
+    from metasup_mcp.commands.init import InitError
+    from metasup_mcp.commands.servers import CommandLineError
+    from metasup_mcp.safety.workspace import WorkspaceError
     from metasup_mcp.supervisor import ChangeError, SupervisorError
 
-    if isinstance(exc, ConfigError | SafetyRulesError | SupervisorError | ChangeError):
+    known = (ConfigError, SafetyRulesError, SupervisorError, ChangeError, InitError, CommandLineError,
+             ClaudeConfigError, WorkspaceError)
+    if isinstance(exc, known):
         return exc
     if isinstance(exc, BaseExceptionGroup):
         for inner in exc.exceptions:
@@ -112,67 +189,13 @@ def _refusal(exc: BaseException) -> Exception | None:
     return None
 
 
-def check_config(path: Path) -> int:
-    config = load_config(path)
-    for warning in check_executables(config):
-        print(f"warning: {warning}", file=sys.stderr)
-    print(json.dumps(effective_config(config), indent=2))
-    return 0
+def _is_refusal_to_start(exc: Exception) -> bool:
+    """True for what the supervisor met at run time (exit 1); false for bad input (exit 2)."""
+    from metasup_mcp.claude_config import ClaudeConfigError
+    from metasup_mcp.commands.init import InitError
+    from metasup_mcp.commands.servers import CommandLineError
 
-
-def audit_verify(log: Path) -> int:
-    """Exit 0 when every line of the hash chain checks out, 1 naming the first bad line."""
-    from metasup_mcp.safety.audit import verify_audit_log
-
-    verdict = verify_audit_log(log)
-    if verdict.ok:
-        print(f"{log}: OK, {verdict.entries} entries, hash chain intact")
-        return 0
-    print(f"{log}: FAILED after {verdict.entries} good entries: {verdict.problem}", file=sys.stderr)
-    return 1
-
-
-def status(args: argparse.Namespace) -> int:
-    from metasup_mcp.status_cli import StatusTarget, default_target, run_status
-
-    target = StatusTarget(args.url) if args.url else default_target(args.config)
-    if args.token:
-        target = StatusTarget(target.url, args.token, target.note)
-    return run_status(target, as_json=args.json)
-
-
-def decide(args: argparse.Namespace, approve: bool) -> int:
-    from metasup_mcp.approve_cli import operator_token_for, run_decision
-    from metasup_mcp.status_cli import StatusTarget, default_target
-
-    target = StatusTarget(args.url) if args.url else default_target(args.config)
-    if args.token:
-        target = StatusTarget(target.url, args.token, target.note)
-    return run_decision(target, args.id, approve, operator_token_for(args.config), args.note)
-
-
-def serve(config: Config, transport: str, args: argparse.Namespace) -> int:
-    from metasup_mcp.serving import serve_http, serve_stdio
-
-    runner = serve_stdio if transport == "stdio" else serve_http
-    anyio.run(_until_signalled, runner, config, args)
-    return 0
-
-
-async def _until_signalled(runner, config: Config, args: argparse.Namespace) -> None:  # type: ignore[no-untyped-def]
-    """Run until the transport ends (stdin closed) or SIGTERM/SIGINT; either way children stop."""
-    async with anyio.create_task_group() as tg:
-
-        async def watch_signals() -> None:
-            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                async for signum in signals:
-                    logger.info("received %s: stopping every child, then exiting", signal.Signals(signum).name)
-                    tg.cancel_scope.cancel()
-                    return
-
-        tg.start_soon(watch_signals)
-        await runner(config, args)
-        tg.cancel_scope.cancel()
+    return not isinstance(exc, ConfigError | SafetyRulesError | InitError | CommandLineError | ClaudeConfigError)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]+$")
 MAX_EXPOSED_NAME = 64  # what MCP clients accept for a tool or prompt name
@@ -201,8 +202,12 @@ class ToolFilter(_Strict):
 
 
 class ServerConfig(_Strict):
+    """One child MCP server: a local process (`command`) or a remote one over streamable HTTP (`url`)."""
+
     name: str = Field(min_length=1)
-    command: str
+    url: str | None = None  # a remote server's streamable HTTP endpoint, instead of `command`
+    headers: dict[str, str] = {}  # sent with every request to `url`; `${VAR}` from the supervisor's environment
+    command: str | None = Field(None, validate_default=True)  # required unless `url` is given
     args: list[str] = []
     env: dict[str, str] = {}
     cwd: str | None = None  # relative to the workspace
@@ -220,12 +225,21 @@ class ServerConfig(_Strict):
 
     @field_validator("command")
     @classmethod
-    def _command_given(cls, command: str) -> str:
-        if not command.strip():
+    def _command_given(cls, command: str | None, info: ValidationInfo) -> str | None:
+        if command is None and info.data.get("url") is None:
+            raise PydanticCustomError("missing", "give `command` (a local server) or `url` (a remote one)")
+        if command is not None and not command.strip():
             raise ValueError("command is empty: give the program that starts this MCP server (e.g. python)")
         return command
 
-    @field_validator("env")
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, url: str | None) -> str | None:
+        if url is not None and not re.match(r"^https?://[^/\s]+", url):
+            raise ValueError(f"{url!r} is not an http:// or https:// URL of a streamable HTTP MCP endpoint")
+        return url
+
+    @field_validator("env", "headers")
     @classmethod
     def _expand_env(cls, env: dict[str, str]) -> dict[str, str]:
         def expand(match: re.Match[str]) -> str:
@@ -235,6 +249,20 @@ class ServerConfig(_Strict):
             return os.environ[name]
 
         return {key: _ENV_REF.sub(expand, value) for key, value in env.items()}
+
+    @model_validator(mode="after")
+    def _command_or_url(self) -> ServerConfig:
+        if self.command is not None and self.url is not None:
+            raise ValueError("give either `command` (a local server) or `url` (a remote streamable HTTP server), not both")
+        if self.url is not None and (self.args or self.env):
+            raise ValueError("`args` and `env` apply to a `command`; a `url` server takes `headers`")
+        if self.command is not None and self.headers:
+            raise ValueError("`headers` apply to a `url` server; a `command` server takes `env`")
+        return self
+
+    @property
+    def is_remote(self) -> bool:
+        return self.url is not None
 
     @property
     def exposed_namespace(self) -> str:
@@ -262,6 +290,8 @@ class ServerConfig(_Strict):
 
     @property
     def executable(self) -> str:
+        if self.command is None:
+            raise ValueError(f"server {self.name!r} is remote ({self.url}): it has no executable")
         return resolve_command(self.command)
 
 
@@ -458,7 +488,7 @@ def check_executables(config: Config) -> list[str]:
     """Warnings for commands that cannot be found on PATH (not fatal: PATH may differ at run time)."""
     warnings = []
     for server in config.supervisor.mcp_servers:
-        if shutil.which(server.executable) is None:
+        if server.command is not None and shutil.which(server.executable) is None:
             warnings.append(f"server {server.name!r}: command {server.command!r} is not on PATH")
     return warnings
 

@@ -1,0 +1,128 @@
+"""Claude Desktop's `claude_desktop_config.json` ⇄ `servers.yaml` entries.
+
+`read_claude_servers(path)` turns its `mcpServers` into `mcp_servers` entries: stdio entries
+(`command`, `args`, `env`) keep their environment; remote entries (`url`, with `type` `http`
+or `streamable-http`, and `headers`) become `url` entries; legacy SSE entries cannot be
+supervised and are reported as skipped. Names become valid namespaces (`[A-Za-z0-9_-]`, no
+`__`, short enough for 64-character tool names) and unique.
+
+`client_config(config_path)` is the single `mcpServers` entry that replaces them all.
+Claude Desktop's config locations: https://modelcontextprotocol.io/quickstart/user
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from metasup_mcp.config import MAX_EXPOSED_NAME
+
+# Leaves room for `__` and a tool name of a dozen characters within MAX_EXPOSED_NAME.
+MAX_IMPORTED_NAME = MAX_EXPOSED_NAME - 2 - 12
+_REMOTE_TYPES = {"http", "streamable-http", "streamableHttp", "streamable_http"}
+
+
+class ClaudeConfigError(Exception):
+    """The Claude config cannot be read or has no usable `mcpServers`; the message says which file and why."""
+
+
+@dataclass
+class Imported:
+    """What an import produced: the `mcp_servers` entries, and what was renamed or skipped, and why."""
+
+    servers: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def default_claude_config_path() -> Path:
+    """Where Claude Desktop keeps its config on this platform."""
+    home = Path.home()
+    if sys.platform == "darwin":
+        return home / "Library" / "Application Support" / "Claude" / "claude_desktop_config.json"
+    if sys.platform == "win32":
+        return Path(os.environ.get("APPDATA", home / "AppData" / "Roaming")) / "Claude" / "claude_desktop_config.json"
+    config_home = Path(os.environ.get("XDG_CONFIG_HOME") or home / ".config")
+    return config_home / "Claude" / "claude_desktop_config.json"
+
+
+def valid_name(raw: str, taken: set[str]) -> str:
+    """`raw` made a valid, unused server name and namespace: `My Server!` → `My_Server`."""
+    name = re.sub(r"[^A-Za-z0-9_-]", "_", raw.strip())
+    name = re.sub(r"_{2,}", "_", name).strip("_-") or "server"
+    name = name[:MAX_IMPORTED_NAME].rstrip("_-")
+    candidate, n = name, 2
+    while candidate in taken:
+        suffix = f"-{n}"
+        candidate, n = name[: MAX_IMPORTED_NAME - len(suffix)] + suffix, n + 1
+    return candidate
+
+
+def read_claude_servers(path: Path, taken: set[str] = frozenset()) -> Imported:  # type: ignore[assignment]
+    """The `mcpServers` of the Claude config at `path` as `mcp_servers` entries, named apart from `taken`."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ClaudeConfigError(f"{path}: no such file; pass the Claude Desktop config's path") from None
+    except (OSError, ValueError) as exc:
+        raise ClaudeConfigError(f"{path}: cannot read it as JSON: {exc}") from exc
+    servers = data.get("mcpServers") if isinstance(data, dict) else None
+    if not isinstance(servers, dict):
+        raise ClaudeConfigError(f"{path}: has no `mcpServers` object: is this a Claude Desktop config?")
+    result, used = Imported(), set(taken)
+    for raw_name, spec in servers.items():
+        if not isinstance(spec, dict):
+            result.notes.append(f"skipped {raw_name!r}: its entry is not an object")
+            continue
+        entry = _entry(raw_name, spec, result.notes)
+        if entry is None:
+            continue
+        name = valid_name(raw_name, used)
+        if name != raw_name:
+            result.notes.append(f"{raw_name!r} is named {name!r} (tools appear as {name}__<tool>)")
+        used.add(name)
+        result.servers.append({"name": name, **entry})
+    return result
+
+
+def _entry(name: str, spec: dict[str, Any], notes: list[str]) -> dict[str, Any] | None:
+    kind = spec.get("type") or spec.get("transport")
+    if "url" in spec:
+        if kind in ("sse",):
+            notes.append(f"skipped {name!r}: legacy SSE ({spec['url']}); only streamable HTTP servers can be supervised")
+            return None
+        if kind not in (None, *_REMOTE_TYPES):
+            notes.append(f"skipped {name!r}: unknown transport type {kind!r}")
+            return None
+        entry: dict[str, Any] = {"url": str(spec["url"])}
+        if spec.get("headers"):
+            entry["headers"] = {str(k): str(v) for k, v in spec["headers"].items()}
+        return entry
+    if not spec.get("command"):
+        notes.append(f"skipped {name!r}: it has neither `command` nor `url`")
+        return None
+    entry = {"command": str(spec["command"])}
+    if spec.get("args"):
+        entry["args"] = [str(a) for a in spec["args"]]
+    if spec.get("env"):
+        entry["env"] = {str(k): str(v) for k, v in spec["env"].items()}
+    if spec.get("cwd"):
+        notes.append(f"{name!r}: its `cwd` {spec['cwd']!r} is dropped: children run in the workspace")
+    return entry
+
+
+def client_config(config_path: Path, name: str = "metasup") -> dict[str, Any]:
+    """The `mcpServers` object that runs this supervisor on `config_path` (absolute paths only)."""
+    executable = shutil.which("metasup-mcp")
+    beside = Path(sys.executable).parent / "metasup-mcp"
+    if beside.exists():  # the one installed with the interpreter running now, whatever PATH says
+        executable = str(beside)
+    serve = ["serve", "--config", str(Path(config_path).resolve())]
+    if executable:
+        return {"mcpServers": {name: {"command": executable, "args": serve}}}
+    return {"mcpServers": {name: {"command": sys.executable, "args": ["-m", "metasup_mcp.cli", *serve]}}}

@@ -281,6 +281,8 @@ class ServerConfig(_Strict):
 
         A `watch` entry ending in `/` is a folder prefix; any other entry is a glob or a path.
         """
+        if self.url is not None:
+            return False  # a remote server runs no workspace code: changes never restart it
         if not self.watch:
             return True
         return any(

@@ -84,6 +84,8 @@ def _server_metrics(servers: dict[str, dict[str, Any]]) -> Iterator[Metric]:
     probe = GaugeMetricFamily("metasup_child_probe_seconds", "Duration of the last MCP liveness probe.",
                               labels=["server"])
     tools = GaugeMetricFamily("metasup_child_tools", "Tools the child lists.", labels=["server"])
+    circuit = GaugeMetricFamily("metasup_child_circuit_open", "1 while a remote server's circuit is open "
+                                "(calls fail at once); remote servers only.", labels=["server"])
     for name, server in servers.items():
         for value in CHILD_STATES:
             state.add_metric([name, value], int(server["state"] == value))
@@ -95,7 +97,9 @@ def _server_metrics(servers: dict[str, dict[str, Any]]) -> Iterator[Metric]:
         _maybe(rss, name, health.get("rss_mb"), scale=1024 * 1024)
         _maybe(cpu, name, health.get("cpu_percent"))
         _maybe(probe, name, health.get("probe_ms"), scale=0.001)
-    yield from (state, up, restarts, uptime, rss, cpu, probe, tools)
+        if server.get("circuit"):
+            circuit.add_metric([name], int(server["circuit"]["state"] == "open"))
+    yield from (state, up, restarts, uptime, rss, cpu, probe, tools, circuit)
 
 
 def _maybe(family: GaugeMetricFamily, server: str, value: float | None, scale: float = 1.0) -> None:

@@ -330,6 +330,7 @@ class Supervisor:
             "next_start_in_s": round(machine.next_start_at - anyio.current_time(), 2)
             if child.state is ChildState.BACKOFF and machine.next_start_at is not None
             else None,
+            **child.status_extras(),
         }
 
     def list_changes(self, status: str | None = None, limit: int = 50) -> list[dict[str, Any]]:

@@ -191,6 +191,15 @@ class ManagedChild:
         return self.generation > generation and self.state not in (ChildState.STARTING, ChildState.STOPPING)
 
     @property
+    def fails_fast(self) -> bool:
+        """Calls should fail at once instead of waiting for it to come back (a remote server's open circuit)."""
+        return False
+
+    def status_extras(self) -> dict[str, Any]:
+        """Figures beyond the common ones, for `server_status` (a remote server's url and circuit)."""
+        return {}
+
+    @property
     def at_rest(self) -> bool:
         """No process of this child is running, or will run without a new request."""
         return not self.supervising or self.state in (ChildState.STOPPED, ChildState.EXITED, ChildState.FATAL)
@@ -261,6 +270,10 @@ class ManagedChild:
             if self.connection is not None:
                 self.connection.gone.set()
                 self.connection = None
+        return self._conclude(returncode, reason)
+
+    def _conclude(self, returncode: int | None, reason: str) -> ExitDecision:
+        """Record how an incarnation ended and let the state machine decide what comes next."""
         requested = self.state is ChildState.STOPPING and self.machine.pending_health_reason is None
         if not requested:
             self.last_error = reason

@@ -9,6 +9,7 @@ from typing import AsyncIterator
 import anyio
 
 from metasup_mcp.children.child import EventSink, ManagedChild, Supervision
+from metasup_mcp.children.remote import RemoteChild
 from metasup_mcp.config import ServerConfig
 
 
@@ -28,7 +29,8 @@ class UnknownServer(KeyError):
 class ServerManager:
     def __init__(self, servers: list[ServerConfig], supervision: Supervision, emit: EventSink) -> None:
         self.children: dict[str, ManagedChild] = {
-            server.name: ManagedChild(server, supervision, emit) for server in servers
+            server.name: (RemoteChild if server.is_remote else ManagedChild)(server, supervision, emit)
+            for server in servers
         }
 
     def __iter__(self) -> Iterator[ManagedChild]:

@@ -276,7 +276,7 @@ class Gateway:
 
     async def _await_connection(self, child: ManagedChild, what: str) -> Connection:
         """The child's live connection, waiting up to `call_wait` if it is on its way back."""
-        if not child.at_rest:
+        if not child.at_rest and not child.fails_fast:
             await child.wait_for(
                 lambda c: (c.connection is not None and _live(c.connection)) or c.at_rest, child.config.call_wait
             )

@@ -36,6 +36,15 @@ def unavailable(child: ManagedChild, what: str) -> Unanswered:
         details.update(retry=False, last_error=child.last_error)
         return Unanswered(f"{what}: server {child.name!r} is {state.value}; {hint}", **details)
     next_start = child.machine.next_start_at
+    if child.fails_fast:  # a remote server's open circuit: no waiting, say when it is tried again
+        wait = next_start - anyio.current_time() if next_start is not None else 0.0
+        details.update(reason="circuit_open", retry=True, retry_after_s=round(max(wait, 1.0), 1),
+                       last_error=child.last_error)
+        return Unanswered(
+            f"{what}: server {child.name!r} is unreachable (circuit open: {child.last_error}); it is "
+            f"reconnected in the background: retry in about {details['retry_after_s']:g}s",
+            **details,
+        )
     wait = next_start - anyio.current_time() if state is ChildState.BACKOFF and next_start is not None else 0.0
     details.update(retry=True, retry_after_s=round(max(wait, 1.0), 1), last_error=child.last_error)
     return Unanswered(

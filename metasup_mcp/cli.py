@@ -64,6 +64,10 @@ def _parser() -> argparse.ArgumentParser:
     claude.add_argument("--merge", action="store_true", help="add them to --config instead of printing them")
     claude.add_argument("--print-client-config", action="store_true", help="print the one mcpServers entry that replaces them")
 
+    reload = commands.add_parser("reload", help="make the running supervisor reload its config (SIGHUP) and print the outcome")
+    reload.add_argument("--config", type=Path, default=_CONFIG)
+    reload.add_argument("--wait", type=float, default=120.0, metavar="SECONDS", help="how long to wait for the outcome")
+
     audit = commands.add_parser("audit", help="the audit log: `audit verify` checks its hash chain")
     audit.add_argument("action", choices=["verify"])
     audit.add_argument("--config", type=Path, default=_CONFIG)
@@ -113,6 +117,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from metasup_mcp.commands.import_claude import import_claude_config
 
         return import_claude_config(args.file, args.config, args.merge, args.print_client_config)
+    if command == "reload":
+        from metasup_mcp.commands.reload import reload
+
+        return reload(args.config, args.wait)
     if command == "demo":
         from metasup_mcp.demo import run_demo
 
@@ -174,12 +182,13 @@ def _refusal(exc: BaseException) -> Exception | None:
     """The refusal a person can act on inside `exc`, which may come wrapped in task-group exception groups."""
     from metasup_mcp.claude_config import ClaudeConfigError
     from metasup_mcp.commands.init import InitError
+    from metasup_mcp.commands.reload import NotRunning
     from metasup_mcp.commands.servers import CommandLineError
     from metasup_mcp.safety.workspace import WorkspaceError
     from metasup_mcp.supervisor import ChangeError, SupervisorError
 
     known = (ConfigError, SafetyRulesError, SupervisorError, ChangeError, InitError, CommandLineError,
-             ClaudeConfigError, WorkspaceError)
+             ClaudeConfigError, WorkspaceError, NotRunning)
     if isinstance(exc, known):
         return exc
     if isinstance(exc, BaseExceptionGroup):

@@ -89,6 +89,25 @@ class RollbackArgs(_Args):
     reason: str = Field("", description="Why; recorded in the audit trail")
 
 
+class ReloadArgs(_Args):
+    token: str = Field(description="The operator token (METASUP_OPERATOR_TOKEN, or approval.operator_token_file)")
+
+
+async def _reload(sup: Supervisor, a: ReloadArgs, call: ToolCall) -> dict[str, Any]:
+    from metasup_mcp.reload import check_operator_token
+
+    check_operator_token(sup.settings, a.token)
+    return await sup.reload_config(trigger="tool")
+
+
+def _reload_summary(r: dict[str, Any]) -> str:
+    diff = r["diff"]
+    moved = ", ".join(f"{k} {', '.join(diff[k])}" for k in ("added", "removed", "changed") if diff[k]) or "no server changed"
+    problems = [f"{name}: {evidence['problem']}" for name, evidence in (r.get("evidence") or {}).items()]
+    why = "; " + "; ".join(problems) if problems else ""
+    return f"reload {r['verdict']}: {moved}{why}"
+
+
 @dataclass(frozen=True)
 class ToolCall:
     """What a tool may need of the request beyond its arguments."""
@@ -234,6 +253,13 @@ TOOLS: list[SupervisorTool] = [
         RollbackArgs, lambda sup, a, _: sup.rollback(a.target, a.reason),
         lambda r: r.get("message") if r.get("noop") else
         f"rolled back {str(r['from'])[:12]} -> {str(r['to'])[:12]}; restarted {', '.join(r['restarted']) or 'none'}",
+    ),
+    SupervisorTool(
+        "reload_config",
+        "Reload servers.yaml as one transaction: added, removed and changed servers are applied; new and "
+        "changed ones must start and stay running for min_runtime, else the previous servers are restored and "
+        "the evidence returned. Unchanged servers are untouched. Needs the operator token.",
+        ReloadArgs, _reload, _reload_summary,
     ),
     SupervisorTool(
         "evolution_status", "Strategy, success rate, rollbacks by trigger, mean verify time, queue length.",

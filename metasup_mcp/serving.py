@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 
 import anyio
 import uvicorn
@@ -23,6 +24,7 @@ async def serve_stdio(config: Config, args: argparse.Namespace) -> None:
     supervisor = Supervisor(config)
     async with supervisor.running(), anyio.create_task_group() as tg:
         tg.start_soon(run_status_http, supervisor, config.supervisor.status_http)
+        tg.start_soon(reload_on_sighup, supervisor)
         surface = SupervisorSurface(supervisor)
         server = surface.build()
         options = surface.initialization_options(server)
@@ -47,9 +49,25 @@ async def serve_http(config: Config, args: argparse.Namespace) -> None:
     supervisor = Supervisor(config)
     async with supervisor.running(), anyio.create_task_group() as tg:
         tg.start_soon(run_status_http, supervisor, config.supervisor.status_http)
+        tg.start_soon(reload_on_sighup, supervisor)
         server = SupervisorSurface(supervisor).build()
         app = server.streamable_http_app(host=args.host)
         uv = QuietServer(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", lifespan="on"))
         logger.info("serving MCP over streamable HTTP at http://%s:%d/mcp", args.host, args.port)
         await uv.serve()
         tg.cancel_scope.cancel()
+
+
+async def reload_on_sighup(supervisor: Supervisor) -> None:
+    """SIGHUP reloads the config file (as `metasup-mcp reload` asks); the outcome is logged and audited."""
+    from metasup_mcp.reload import ReloadRefused
+
+    with anyio.open_signal_receiver(signal.SIGHUP) as signals:
+        async for _ in signals:
+            logger.info("SIGHUP: reloading %s", supervisor.config.source)
+            try:
+                result = await supervisor.reload_config(trigger="sighup")
+            except (ReloadRefused, SupervisorError) as exc:
+                logger.error("reload refused: %s", exc)
+                continue
+            logger.info("reload %s: %s", result["verdict"], result["diff"])

@@ -276,6 +276,40 @@ class Supervisor:
         self.replay.clear()  # answers sampled from the code left behind no longer say what to expect
         return result
 
+    # -- configuration reload (see reload.py) ----------------------------------------------
+
+    async def reload_config(self, trigger: str = "operator") -> dict[str, Any]:
+        """Bring the servers to what the config file says now, as one transaction.
+
+        Returns `{verdict, trigger, diff, not_reloaded, evidence?}`, verdict `applied`,
+        `unchanged` or `rolled_back`; `ReloadRefused` if the file does not validate (nothing
+        changes) and `SupervisorError` in emergency mode.
+        """
+        from metasup_mcp.config import ConfigError, load_config
+        from metasup_mcp.reload import ConfigReload, ReloadRefused
+
+        self._refuse_in_emergency("reload the configuration")
+        if self.config.source is None:
+            raise ReloadRefused("this supervisor was not started from a config file: there is nothing to reload")
+        try:
+            new = load_config(self.config.source)
+        except ConfigError as exc:
+            self.audit_event("reload", verdict="rejected", trigger=trigger, problems=exc.problems)
+            raise ReloadRefused(f"the config was not reloaded, the running servers are unchanged: {exc}") from None
+        assert self.changes.pipeline is not None
+        async with self.changes.pipeline.lock:  # no change, rollback or guard trial meanwhile
+            return await ConfigReload(self).apply(new, trigger)
+
+    def adopt_servers(self, servers: list[Any]) -> None:
+        """The running `mcp_servers` after a reload (other keys stay as started)."""
+        self.settings = self.settings.model_copy(update={"mcp_servers": servers})
+        self.config = self.config.model_copy(update={"supervisor": self.settings})
+
+    def audit_event(self, kind: str, **data: Any) -> None:
+        """Into the hash-chained audit log and the recent events."""
+        self.changes.audit.append(kind, **data)
+        self._record(kind, **data)
+
     def _record(self, kind: str, **data: Any) -> None:
         self.events.append({"at": time.time(), "event": kind, **data})
         del self.events[:-200]

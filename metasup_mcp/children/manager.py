@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 from typing import AsyncIterator
 
 import anyio
+from anyio.abc import TaskGroup
 
 from metasup_mcp.children.child import EventSink, ManagedChild, Supervision
 from metasup_mcp.children.remote import RemoteChild
@@ -28,10 +29,10 @@ class UnknownServer(KeyError):
 
 class ServerManager:
     def __init__(self, servers: list[ServerConfig], supervision: Supervision, emit: EventSink) -> None:
-        self.children: dict[str, ManagedChild] = {
-            server.name: (RemoteChild if server.is_remote else ManagedChild)(server, supervision, emit)
-            for server in servers
-        }
+        self._supervision, self._emit = supervision, emit
+        self.children: dict[str, ManagedChild] = {server.name: self.create(server) for server in servers}
+        self._tg: TaskGroup | None = None
+        self._scopes: dict[str, anyio.CancelScope] = {}
 
     def __iter__(self) -> Iterator[ManagedChild]:
         return iter(self.children.values())
@@ -46,8 +47,9 @@ class ServerManager:
     async def running(self, autostart: bool = True) -> AsyncIterator[ServerManager]:
         """Supervise every child for the life of the block; on exit, stop them all and reap them."""
         async with anyio.create_task_group() as tg:
+            self._tg = tg
             for child in self:
-                tg.start_soon(child.supervise, name=f"supervise {child.name}")
+                self._launch(child)
                 if autostart and child.config.enabled:
                     child.request_start()
             try:
@@ -55,7 +57,42 @@ class ServerManager:
             finally:
                 with anyio.CancelScope(shield=True):
                     await self.stop_all()
+                self._tg = None
                 tg.cancel_scope.cancel()
+
+    def _launch(self, child: ManagedChild) -> None:
+        assert self._tg is not None
+        scope = self._scopes[child.name] = anyio.CancelScope()
+
+        async def supervise() -> None:
+            with scope:
+                await child.supervise()
+
+        self._tg.start_soon(supervise, name=f"supervise {child.name}")
+
+    def adopt(self, child: ManagedChild) -> None:
+        """Supervise `child` from now on (a reload's new or restored server); it starts when asked."""
+        if child.name in self.children:
+            raise ValueError(f"a server named {child.name!r} is already supervised")
+        self.children[child.name] = child
+        if self._tg is not None:
+            self._launch(child)
+
+    def create(self, config: ServerConfig) -> ManagedChild:
+        """A child for `config`, of the kind it needs (local or remote), not yet adopted."""
+        return (RemoteChild if config.is_remote else ManagedChild)(config, self._supervision, self._emit)
+
+    async def release(self, name: str) -> ManagedChild:
+        """Stop `name`, end its supervision and forget it; returns it (it can be adopted again)."""
+        child = self.get(name)
+        child.request_stop()
+        await child.wait_for(lambda c: c.at_rest, child.config.stop_timeout + 5)
+        scope = self._scopes.pop(name, None)
+        if scope is not None:
+            scope.cancel()
+        await child.wait_for(lambda c: not c.supervising, child.config.stop_timeout + 5)
+        del self.children[name]
+        return child
 
     async def stop_all(self, timeout: float | None = None) -> None:
         """Ask every child to stop and wait until none has a live process."""

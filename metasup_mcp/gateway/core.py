@@ -75,6 +75,7 @@ class Gateway:
         # Told of each successful call to a readOnlyHint tool (the replay sample; None: off).
         self.on_read_only_result: Callable[[str, dict[str, Any] | None, dict[str, Any]], None] | None = None
         self._read_only: tuple[Index | None, frozenset[str]] = (None, frozenset())
+        self._scopes: dict[str, anyio.CancelScope] = {}  # per child: its refresh and watch tasks
         for child in manager:
             via, mark = functools.partial(self._via, child), functools.partial(self._mark, child.name)
             child.hooks = session_hooks(child.name, self.upstream, via, mark)
@@ -87,11 +88,50 @@ class Gateway:
             self._tg = tg
             try:
                 for child in self._children.values():
-                    tg.start_soon(self._keep_current, child, name=f"gateway refresh {child.name}")
-                    tg.start_soon(self._watch_rest, child, name=f"gateway watch {child.name}")
+                    self._watch(child)
                 await anyio.sleep_forever()
             finally:
                 self._tg = None
+
+    def _watch(self, child: ManagedChild) -> None:
+        assert self._tg is not None
+        scope = self._scopes[child.name] = anyio.CancelScope()
+
+        async def keep_current() -> None:
+            with scope:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._keep_current, child, name=f"gateway refresh {child.name}")
+                    tg.start_soon(self._watch_rest, child, name=f"gateway watch {child.name}")
+
+        self._tg.start_soon(keep_current)
+
+    def attach(self, child: ManagedChild) -> None:
+        """Serve `child` from now on (a reload's new or restored server): it is listed once it starts."""
+        name = child.name
+        self._children[name] = child
+        self._servers = [*(s for s in self._servers if s.name != name), child.config]
+        self._by_key = {server.resource_key: server.name for server in self._servers}
+        self._offers[name], self._stats[name], self._pending[name] = Offer(), CallStats(), set()
+        self._wake[name], self._inflight[name], self._reported[name] = anyio.Event(), {}, None
+        child.hooks = session_hooks(name, self.upstream, functools.partial(self._via, child), functools.partial(self._mark, name))
+        if self._tg is not None:
+            self._watch(child)
+
+    def detach(self, name: str) -> None:
+        """Stop serving `name` (stopped first by its owner): its offer leaves the lists, announced upstream."""
+        scope = self._scopes.pop(name, None)
+        if scope is not None:
+            scope.cancel()
+        self._children.pop(name, None)
+        self._servers = [s for s in self._servers if s.name != name]
+        self._by_key = {server.resource_key: server.name for server in self._servers}
+        for table in (self._offers, self._stats, self._pending, self._wake, self._inflight, self._reported):
+            table.pop(name, None)  # type: ignore[attr-defined]
+        self._busy.discard(name)
+        self._listed_once.discard(name)
+        changed = self._reindex()
+        if changed and self._tg is not None:
+            self._tg.start_soon(self.upstream.announce, changed)
 
     def on_child_event(self, event: ChildEvent) -> None:
         if event.kind == "started":

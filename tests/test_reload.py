@@ -1,0 +1,160 @@
+"""Config hot reload as one transaction, with real children: servers added, removed and changed
+are applied while unchanged ones keep running untouched; a new server that does not start
+rolls the whole reload back with the previous servers serving again and the evidence; clients
+hear list_changed; every outcome is audited; the tool needs the operator token; SIGHUP and
+`metasup-mcp reload` reach a running `serve`."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import anyio
+import mcp_types as types
+import pytest
+import yaml
+from mcp import ClientSession, StdioServerParameters, stdio_client
+
+from metasup_mcp.config import ServerConfig
+from metasup_mcp.reload import ReloadRefused, diff_servers
+from tests.test_gateway_support import START, connected, fixture, running, write_config
+
+pytestmark = pytest.mark.anyio
+FAST = {"min_runtime": "0.5s"}
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def rewrite(tmp_path: Path, servers: list[dict[str, Any]]) -> None:
+    write_config(tmp_path, servers, **FAST)
+
+
+def audit_reloads(up: Any) -> list[dict[str, Any]]:
+    return [e["data"] for e in up.sup.audit_tail(50) if e["event"] == "reload"]
+
+
+async def test_added_removed_and_changed_servers_apply_while_unchanged_ones_keep_running(tmp_path: Path) -> None:
+    keep, gone, alter = fixture("keep"), fixture("gone"), fixture("alter")
+    async with connected(tmp_path, [keep, gone, alter], **FAST) as up:
+        for name in ("keep", "gone", "alter"):
+            await running(up.sup, name)
+        await up.until_tools(lambda names: {"keep__echo", "gone__echo", "alter__echo"} <= names)
+        keep_pid, alter_pid = up.sup.child("keep").pid, up.sup.child("alter").pid
+        before = up.count("notifications/tools/list_changed")
+
+        rewrite(tmp_path, [keep, fixture("alter", "--stderr-lines", "1"), fixture("fresh")])
+        result = await up.sup.reload_config()
+
+        assert result["verdict"] == "applied"
+        assert result["diff"] == {"added": ["fresh"], "removed": ["gone"], "changed": ["alter"], "unchanged": ["keep"]}
+        assert up.sup.child("keep").pid == keep_pid and up.sup.child("keep").machine.restarts == 0
+        assert up.sup.child("alter").pid != alter_pid and up.sup.child("alter").config.args[-1] == "1"
+        assert set(up.sup.status()["servers"]) == {"keep", "alter", "fresh"}
+        names = await up.until_tools(lambda names: "fresh__echo" in names and "gone__echo" not in names)
+        assert {"keep__echo", "alter__echo"} <= names
+        assert up.count("notifications/tools/list_changed") > before
+        echoed = await up.session.call_tool("fresh__echo", {"text": "new"})
+        assert echoed.content[0].text == "new"
+        assert audit_reloads(up)[-1]["verdict"] == "applied"
+        assert [s.name for s in up.sup.settings.mcp_servers] == ["keep", "alter", "fresh"]
+
+
+async def test_a_new_server_that_cannot_start_rolls_the_reload_back_with_the_old_servers_serving(tmp_path: Path) -> None:
+    keep, alter = fixture("keep"), fixture("alter")
+    async with connected(tmp_path, [keep, alter], **FAST) as up:
+        await running(up.sup, "keep")
+        await running(up.sup, "alter")
+        keep_pid = up.sup.child("keep").pid
+        rewrite(tmp_path, [keep, fixture("alter", "--stderr-lines", "2"), fixture("broken", "--crash-on-start", "7")])
+
+        result = await up.sup.reload_config()
+
+        assert result["verdict"] == "rolled_back"
+        evidence = result["evidence"]["broken"]
+        assert "code 7" in evidence["problem"] and evidence["state"] in ("backoff", "exited", "fatal")
+        assert "broken" not in up.sup.status()["servers"]
+        restored = await running(up.sup, "alter")
+        assert restored.config.args == alter["args"]  # the previous config, running again
+        assert up.sup.child("keep").pid == keep_pid
+        names = await up.until_tools(lambda names: "alter__echo" in names and "broken__echo" not in names)
+        assert "keep__echo" in names
+        assert (await up.session.call_tool("alter__echo", {"text": "still here"})).content[0].text == "still here"
+        assert [s.name for s in up.sup.settings.mcp_servers] == ["keep", "alter"]
+        recorded = audit_reloads(up)[-1]
+        assert recorded["verdict"] == "rolled_back" and "broken" in recorded["evidence"]
+
+
+async def test_a_config_that_does_not_validate_changes_nothing_and_is_audited(tmp_path: Path) -> None:
+    async with connected(tmp_path, [fixture("keep")], **FAST) as up:
+        child = await running(up.sup, "keep")
+        (tmp_path / "servers.yaml").write_text("supervisor:\n  mcp_servers:\n    - {name: x}\n")
+        with pytest.raises(ReloadRefused, match=r"mcp_servers\[0\]\.command"):
+            await up.sup.reload_config()
+        assert up.sup.child("keep") is child and child.state.value == "running"
+        assert audit_reloads(up)[-1]["verdict"] == "rejected"
+
+
+async def test_the_reload_config_tool_needs_the_operator_token(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with connected(tmp_path, [fixture("keep")], **FAST) as up:
+        await running(up.sup, "keep")
+        refused = await up.session.call_tool("reload_config", {"token": "guess"})
+        assert refused.is_error and "no operator token is configured" in refused.content[0].text
+        monkeypatch.setenv("METASUP_OPERATOR_TOKEN", "op-secret")
+        wrong = await up.session.call_tool("reload_config", {"token": "guess"})
+        assert wrong.is_error and "wrong operator token" in wrong.content[0].text
+        rewrite(tmp_path, [fixture("keep"), fixture("extra")])
+        done = await up.session.call_tool("reload_config", {"token": "op-secret"})
+        assert not done.is_error, done.content[0].text
+        assert done.structured_content["verdict"] == "applied"
+        assert done.content[0].text == "reload applied: added extra"
+
+
+async def test_metasup_reload_sends_sighup_to_a_running_serve_and_prints_the_outcome(tmp_path: Path) -> None:
+    config = write_config(tmp_path, [fixture("keep")], **FAST)
+    params = StdioServerParameters(command=sys.executable, args=["-m", "metasup_mcp.cli", "serve", "--config", str(config)])
+    changed = anyio.Event()
+
+    async def on_message(message: Any) -> None:
+        if isinstance(message, types.ToolListChangedNotification):
+            changed.set()
+
+    with open(tmp_path / "serve.stderr", "w") as errlog:
+        async with stdio_client(params, errlog=errlog) as (read, write):
+            async with ClientSession(read, write, message_handler=on_message) as session:
+                with anyio.fail_after(START):
+                    await session.initialize()
+                    while "keep__echo" not in {t.name for t in (await session.list_tools()).tools}:
+                        await changed.wait()
+                        changed = anyio.Event()
+                rewrite(tmp_path, [fixture("keep"), fixture("extra")])
+                done = await anyio.run_process(
+                    [sys.executable, "-m", "metasup_mcp.cli", "reload", "--config", str(config), "--wait", "60"],
+                    check=False,
+                )
+                assert done.returncode == 0, done.stderr.decode()
+                outcome = yaml.safe_load(done.stdout)
+                assert outcome["verdict"] == "applied" and outcome["trigger"] == "sighup"
+                assert outcome["diff"]["added"] == ["extra"]
+                with anyio.fail_after(START):
+                    while "extra__echo" not in {t.name for t in (await session.list_tools()).tools}:
+                        await changed.wait()
+                        changed = anyio.Event()
+
+
+def test_reload_without_a_running_supervisor_says_so(tmp_path: Path) -> None:
+    config = write_config(tmp_path, [fixture("keep")])
+    done = subprocess.run([sys.executable, "-m", "metasup_mcp.cli", "reload", "--config", str(config)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and "no supervisor has run on the state folder" in done.stderr
+
+
+def test_the_diff_names_added_removed_changed_and_unchanged_servers() -> None:
+    a, b, c = (ServerConfig(name=n, command="x") for n in "abc")
+    b2 = ServerConfig(name="b", command="x", args=["-v"])
+    diff = diff_servers([a, b, c], [a, b2, ServerConfig(name="d", url="http://h/mcp")])
+    assert (diff.added, diff.removed, diff.changed, diff.unchanged) == (["d"], ["c"], ["b"], ["a"])

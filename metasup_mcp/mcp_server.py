@@ -108,6 +108,42 @@ def _reload_summary(r: dict[str, Any]) -> str:
     return f"reload {r['verdict']}: {moved}{why}"
 
 
+class ProposeServerArgs(_Args):
+    name: str = Field(min_length=1, description="The server's name (also its tools' namespace)")
+    command: str | None = Field(None, description="The program that starts a local server")
+    args: list[str] = Field([], description="Its arguments")
+    env: dict[str, str] = Field({}, description="Environment for the child")
+    url: str | None = Field(None, description="A remote server's streamable HTTP endpoint, instead of command")
+    headers: dict[str, str] = Field({}, description="HTTP headers for url")
+    watch: list[str] = Field([], description="Workspace paths whose changes restart it")
+    reason: str = Field("", description="Why the server is needed; shown to the operator")
+
+
+class ServerDecisionArgs(_Args):
+    id: str = Field(description="The request id returned by propose_server")
+    token: str = Field(description="The operator token")
+    note: str = Field("", description="Recorded with the decision")
+
+
+async def _propose_server(sup: Supervisor, a: ProposeServerArgs, call: ToolCall) -> dict[str, Any]:
+    from metasup_mcp.server_requests import ServerRequests
+
+    entry = {k: v for k, v in a.model_dump(exclude={"reason"}).items() if v not in (None, [], {})}
+    return ServerRequests(sup).propose(entry, a.reason)
+
+
+async def _approve_server(sup: Supervisor, a: ServerDecisionArgs, call: ToolCall) -> dict[str, Any]:
+    from metasup_mcp.server_requests import ServerRequests
+
+    return await ServerRequests(sup).approve(a.id, a.token, a.note)
+
+
+async def _reject_server(sup: Supervisor, a: ServerDecisionArgs, call: ToolCall) -> dict[str, Any]:
+    from metasup_mcp.server_requests import ServerRequests
+
+    return ServerRequests(sup).reject(a.id, a.token, a.note)
+
+
 @dataclass(frozen=True)
 class ToolCall:
     """What a tool may need of the request beyond its arguments."""
@@ -260,6 +296,23 @@ TOOLS: list[SupervisorTool] = [
         "changed ones must start and stay running for min_runtime, else the previous servers are restored and "
         "the evidence returned. Unchanged servers are untouched. Needs the operator token.",
         ReloadArgs, _reload, _reload_summary,
+    ),
+    SupervisorTool(
+        "propose_server",
+        "Ask for a server to be added to (or changed in) servers.yaml. The config is the operator's: the "
+        "request waits as pending_approval until an operator approves it, then it is applied by the same "
+        "transaction as reload_config. Returns {id, status, action, entry}.",
+        ProposeServerArgs, _propose_server, lambda r: f"{r['id']}: {r['status']} ({r['action']} {r['entry']['name']})",
+    ),
+    SupervisorTool(
+        "approve_server",
+        "Operator only: write a proposed server into servers.yaml and reload; if it fails to start, the "
+        "file and the servers go back as they were.",
+        ServerDecisionArgs, _approve_server, lambda r: f"{r['id']}: {r['status']}",
+    ),
+    SupervisorTool(
+        "reject_server", "Operator only: refuse a proposed server.",
+        ServerDecisionArgs, _reject_server, lambda r: f"{r['id']}: {r['status']}",
     ),
     SupervisorTool(
         "evolution_status", "Strategy, success rate, rollbacks by trigger, mean verify time, queue length.",

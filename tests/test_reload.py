@@ -158,3 +158,47 @@ def test_the_diff_names_added_removed_changed_and_unchanged_servers() -> None:
     b2 = ServerConfig(name="b", command="x", args=["-v"])
     diff = diff_servers([a, b, c], [a, b2, ServerConfig(name="d", url="http://h/mcp")])
     assert (diff.added, diff.removed, diff.changed, diff.unchanged) == (["d"], ["c"], ["b"], ["a"])
+
+
+async def test_a_proposed_server_waits_for_the_operator_then_runs_and_lands_in_the_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("METASUP_OPERATOR_TOKEN", "op-secret")
+    async with connected(tmp_path, [fixture("keep")], **FAST) as up:
+        await running(up.sup, "keep")
+        config = tmp_path / "servers.yaml"
+        config.write_text("# operator's notes\n" + config.read_text())
+        proposed = await up.session.call_tool(
+            "propose_server", {"name": "helper", "command": "python", "args": fixture("x")["args"], "reason": "need echo"}
+        )
+        request = proposed.structured_content
+        assert request["status"] == "pending_approval" and request["action"] == "added"
+        assert "helper" not in up.sup.status()["servers"] and "helper" not in config.read_text()
+        refused = await up.session.call_tool("approve_server", {"id": request["id"], "token": "agent-guess"})
+        assert refused.is_error and "wrong operator token" in refused.content[0].text
+
+        approved = await up.session.call_tool("approve_server", {"id": request["id"], "token": "op-secret"})
+        assert approved.structured_content["status"] == "applied", approved.content[0].text
+        await running(up.sup, "helper")
+        assert "- name: helper" in config.read_text() and config.read_text().startswith("# operator's notes\n")
+        again = await up.session.call_tool("approve_server", {"id": request["id"], "token": "op-secret"})
+        assert again.is_error and "already applied" in again.content[0].text
+
+
+async def test_an_approved_server_that_fails_leaves_the_config_file_and_the_servers_as_they_were(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("METASUP_OPERATOR_TOKEN", "op-secret")
+    async with connected(tmp_path, [fixture("keep")], **FAST) as up:
+        await running(up.sup, "keep")
+        config = tmp_path / "servers.yaml"
+        before = config.read_text()
+        bad = fixture("bad", "--crash-on-start", "5")
+        proposed = await up.session.call_tool("propose_server", {"name": "bad", "command": "python", "args": bad["args"]})
+        request_id = proposed.structured_content["id"]
+        approved = await up.session.call_tool("approve_server", {"id": request_id, "token": "op-secret"})
+        assert approved.structured_content["status"] == "rolled_back"
+        assert "bad" in approved.structured_content["reload"]["evidence"]
+        assert config.read_text() == before and set(up.sup.status()["servers"]) == {"keep"}
+        invalid = await up.session.call_tool("propose_server", {"name": "a__b", "command": "x"})
+        assert invalid.is_error and "cannot contain '__'" in invalid.content[0].text

@@ -9,15 +9,20 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import sys
 import tempfile
 import textwrap
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import anyio
+import mcp_types as types
 from mcp import ClientSession, StdioServerParameters, stdio_client
+
+from metasup_mcp.safety.audit import verify_audit_log
 
 EXAMPLES = Path(__file__).parent / "examples"
 
@@ -31,7 +36,7 @@ supervisor:
   max_failures: 50
   health_checks: {{interval: 1s, probe_timeout: 2s, failure_threshold: 2}}
   restart: {{backoff_initial: 500ms, max_restarts: 3, restart_window: 60s}}
-  status_http: {{enabled: false}}
+  status_http: {{enabled: true, host: 127.0.0.1, port: {port}}}
   mcp_servers:
     - name: notes
       command: python
@@ -77,9 +82,23 @@ async def _propose(session: ClientSession, title: str, changes: list[dict[str, A
     return result.structured_content
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 async def _tour(root: Path) -> int:
+    started = time.monotonic()
+    port = _free_port()
     config = root / "servers.yaml"
-    config.write_text(CONFIG.format(examples=EXAMPLES))
+    config.write_text(CONFIG.format(examples=EXAMPLES, port=port))
+    tools_changed = anyio.Event()
+
+    async def on_message(message: Any) -> None:
+        if isinstance(message, types.ToolListChangedNotification):
+            tools_changed.set()
+
     params = StdioServerParameters(
         command=sys.executable,
         args=["-m", "metasup_mcp.cli", "--log-level", "WARNING", "serve", "--config", str(config)],
@@ -88,7 +107,7 @@ async def _tour(root: Path) -> int:
     step("1. Start the supervisor")
     say(f"`metasup-mcp serve` reads {config}: two example servers (notes, textkit) and one that "
         "cannot start (flaky). We talk to it over stdio, as Claude Desktop would.")
-    async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
+    async with stdio_client(params) as (read, write), ClientSession(read, write, message_handler=on_message) as session:
         await session.initialize()
         tools = [tool.name for tool in (await session.list_tools()).tools]
         print(f"   tools offered: {', '.join(tools)}")
@@ -129,11 +148,16 @@ async def _tour(root: Path) -> int:
             '\n\n@mcp.tool()\ndef shout(text: str) -> str:\n    """Upper-case the text."""\n'
             '    return text.upper() + "!"\n\n\nif __name__ == "__main__":',
         )
+        tools_changed = anyio.Event()
         good = await _propose(session, "add a shout tool to textkit", [{"path": "textkit.py", "content": shout}])
         say(f"verdict {good['verdict']}: committed {str(good['commit'])[:12]}, checks "
             f"{', '.join(c['name'] + (' ok' if c['ok'] else ' FAILED') for c in good['checks'])}; "
             f"restarted {', '.join(good['restarted'])} and watched it for min_runtime; it is the new last good.",
             indent="   ")
+        with anyio.move_on_after(10):
+            await tools_changed.wait()
+        if tools_changed.is_set() and "textkit__shout" in [t.name for t in (await session.list_tools()).tools]:
+            print("   the client got notifications/tools/list_changed: textkit__shout appeared")
         if "textkit__shout" in [t.name for t in (await session.list_tools()).tools]:
             result = await session.call_tool("textkit__shout", {"text": "it works"})
             print(f"   textkit__shout -> {result.content[0].text if result.content else result}")
@@ -147,10 +171,22 @@ async def _tour(root: Path) -> int:
         textkit = await _until(session, "textkit", lambda s: s["state"] == "running", 30)
         print(f"   textkit: {textkit['state']}, pid {textkit['pid']} — still serving the good code")
 
-        step("8. Stop")
+        step("8. Every step is in a hash-chained audit log")
+        verdict = verify_audit_log(root / "state" / "audit.jsonl")
+        print(f"   metasup-mcp audit verify: {'OK' if verdict.ok else 'FAILED'}, {verdict.entries} entries, "
+              f"{'hash chain intact' if verdict.ok else verdict.problem}")
+
+        step("9. Status for people and for Prometheus")
+        url = f"http://127.0.0.1:{port}/"
+        with urllib.request.urlopen(url + "supervisor/status", timeout=5) as response:
+            servers = json.load(response)["servers"]
+        print(f"   dashboard: {url}  (also {url}supervisor/status and {url}metrics)")
+        print("   " + ", ".join(f"{name} {server['state']}" for name, server in servers.items()))
+
+        step("10. Stop")
         say("Closing the client's stdin stops the supervisor, and the supervisor stops every child: "
             "no process is left behind.")
-    print("\nDemo finished.")
+    print(f"\nDemo finished in {time.monotonic() - started:.1f} s.")
     return 0
 
 

@@ -15,5 +15,8 @@ def test_the_demo_runs_end_to_end_and_exits_zero():
     assert "textkit is running again: new pid" in out
     assert "flaky: fatal" in out
     assert "verdict applied" in out and "textkit__shout -> IT WORKS!" in out
-    assert "verdict rolled_back, trigger early_exit" in out
-    assert out.rstrip().endswith("Demo finished.")
+    assert "the client got notifications/tools/list_changed: textkit__shout appeared" in out
+    assert "verdict rolled_back, trigger early_exit" in out and "evidence: ModuleNotFoundError" in out
+    assert "metasup-mcp audit verify: OK" in out and "hash chain intact" in out
+    assert "dashboard: http://127.0.0.1:" in out and "notes running" in out
+    assert "Demo finished in " in out.splitlines()[-1]

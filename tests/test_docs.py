@@ -60,3 +60,18 @@ def _models_below(model: type) -> list[type]:
 
     return [m for _, m in _sections("supervisor", model, set())]
 
+
+
+def test_a_key_added_with_a_comment_is_described_by_it() -> None:
+    from pydantic import BaseModel
+
+    from metasup_mcp.docgen.configuration import _line_comments
+
+    class Sample(BaseModel):
+        inline: int = 1  # said on its line
+        # said above it,
+        # over two lines
+        above: int = 2
+        bare: int = 3
+
+    assert _line_comments(Sample) == {"inline": "said on its line", "above": "said above it, over two lines"}

@@ -2,8 +2,9 @@
 
 Every key of every model reachable from `Config` is listed with its type, default, a YAML
 example and a description. A description comes from, in order: the field's
-`Field(description=...)`, `descriptions.DESCRIPTIONS`, or the comment on the field's line in
-the model's source, so a key added with a comment is documented without touching this package.
+`Field(description=...)`, `descriptions.DESCRIPTIONS`, or the comment on (or right above) the
+field's line in the model's source, so a key added with a comment is documented without
+touching this package.
 """
 
 from __future__ import annotations
@@ -76,19 +77,30 @@ def _section(path: str, model: type[BaseModel]) -> str:
 
 
 def _line_comments(model: type[BaseModel]) -> dict[str, str]:
-    """`{field: comment}` for fields whose declaration line in the class source ends in `# ...`."""
+    """`{field: comment}` from the class source: the comment ending a field's line, else the
+    comment lines right above it."""
     try:
         source = inspect.getsource(model)
     except (OSError, TypeError):
         return {}
-    found: dict[str, str] = {}
-    tokens = list(tokenize.generate_tokens(io.StringIO(source).readline))
-    for token in tokens:
+    lines = source.splitlines()
+    inline: dict[int, str] = {}
+    for token in tokenize.generate_tokens(io.StringIO(source).readline):
         if token.type == tokenize.COMMENT:
-            line = source.splitlines()[token.start[0] - 1]
-            match = re.match(r"^    (\w+)\s*:", line)
-            if match and match.group(1) in model.model_fields:
-                found[match.group(1)] = token.string.lstrip("# ").strip()
+            inline[token.start[0] - 1] = token.string.lstrip("#").strip()
+    found: dict[str, str] = {}
+    for index, line in enumerate(lines):
+        match = re.match(r"^    (\w+)\s*:", line)
+        if not match or match.group(1) not in model.model_fields:
+            continue
+        if index in inline and not line.lstrip().startswith("#"):
+            found[match.group(1)] = inline[index]
+            continue
+        above: list[str] = []
+        while index - len(above) - 1 >= 0 and lines[index - len(above) - 1].strip().startswith("#"):
+            above.append(lines[index - len(above) - 1].strip().lstrip("#").strip())
+        if above:
+            found[match.group(1)] = " ".join(reversed(above))
     return found
 
 

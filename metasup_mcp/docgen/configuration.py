@@ -12,6 +12,7 @@ from __future__ import annotations
 import inspect
 import io
 import re
+import textwrap
 import tokenize
 import types as pytypes
 from pathlib import Path
@@ -80,7 +81,7 @@ def _line_comments(model: type[BaseModel]) -> dict[str, str]:
     """`{field: comment}` from the class source: the comment ending a field's line, else the
     comment lines right above it."""
     try:
-        source = inspect.getsource(model)
+        source = textwrap.dedent(inspect.getsource(model))
     except (OSError, TypeError):
         return {}
     lines = source.splitlines()

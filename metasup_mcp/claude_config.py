@@ -63,8 +63,8 @@ def valid_name(raw: str, taken: set[str]) -> str:
     return candidate
 
 
-def read_claude_servers(path: Path, taken: set[str] = frozenset()) -> Imported:  # type: ignore[assignment]
-    """The `mcpServers` of the Claude config at `path` as `mcp_servers` entries, named apart from `taken`."""
+def read_claude_servers(path: Path) -> Imported:
+    """The `mcpServers` of the Claude config at `path` as `mcp_servers` entries, with valid, distinct names."""
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -74,7 +74,7 @@ def read_claude_servers(path: Path, taken: set[str] = frozenset()) -> Imported: 
     servers = data.get("mcpServers") if isinstance(data, dict) else None
     if not isinstance(servers, dict):
         raise ClaudeConfigError(f"{path}: has no `mcpServers` object: is this a Claude Desktop config?")
-    result, used = Imported(), set(taken)
+    result, used = Imported(), set[str]()
     for raw_name, spec in servers.items():
         if not isinstance(spec, dict):
             result.notes.append(f"skipped {raw_name!r}: its entry is not an object")

@@ -68,8 +68,8 @@ def free_port() -> int:
 
 @contextmanager
 def serving(argv: list[str], port: int, cwd: Path) -> Iterator[str]:
-    process = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.DEVNULL, stderr=open(cwd / "server.log", "w"),
-                               start_new_session=True)
+    with open(cwd / "server.log", "w") as log:
+        process = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
     try:
         deadline = time.monotonic() + 60
         while True:

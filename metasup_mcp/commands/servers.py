@@ -7,6 +7,7 @@ would, and write nothing if it is invalid. A running supervisor picks the change
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +30,8 @@ def parse_pairs(pairs: list[str], what: str) -> dict[str, str]:
 
 
 def server_entry(
-    name: str, command: list[str], *, url: str | None = None, env: list[str] = (),  # type: ignore[assignment]
-    headers: list[str] = (), watch: list[str] = (),  # type: ignore[assignment]
+    name: str, command: Sequence[str], *, url: str | None = None, env: Sequence[str] = (),
+    headers: Sequence[str] = (), watch: Sequence[str] = (),
 ) -> dict[str, Any]:
     """The `mcp_servers` item for the command line of `add`."""
     if bool(command) == bool(url):
@@ -45,7 +46,7 @@ def server_entry(
     else:
         if headers:
             raise CommandLineError("--header applies to a --url server; a local command takes --env K=V")
-        entry["command"], entry["args"] = command[0], command[1:]
+        entry["command"], entry["args"] = command[0], list(command[1:])
         if not entry["args"]:
             del entry["args"]
         if env:

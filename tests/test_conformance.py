@@ -91,7 +91,7 @@ def serving(argv: list[str], port: int, cwd: Path) -> Iterator[str]:
 
 
 def run_suite(url: str, out: Path) -> dict[str, bool]:
-    """{scenario: passed} from the suite's summary."""
+    """{scenario: passed} from the suite's summary (each scenario's checks stay under `out`)."""
     done = subprocess.run([str(NODE), str(SUITE), "server", "--url", url, "-o", str(out)],
                           capture_output=True, text=True, timeout=300, env={**os.environ, "NO_COLOR": "1"})
     results = {
@@ -127,10 +127,23 @@ def test_scenarios_through_the_supervisor_pass_as_they_do_directly_but_for_the_l
 
     passed_direct = {name for name, ok in direct.items() if ok}
     passed_through = {name for name, ok in through.items() if ok}
-    assert {name for name, ok in direct.items() if not ok} == set(EXPECTED_DIRECT), direct
+    assert {name for name, ok in direct.items() if not ok} == set(EXPECTED_DIRECT), failure_messages(tmp_path / "direct")
     assert passed_through == (passed_direct - set(EXPECTED_THROUGH)) | ANSWERED_BY_SUPERVISOR, {
         "lost through the supervisor": sorted(passed_direct - passed_through - set(EXPECTED_THROUGH)),
         "gained": sorted(passed_through - passed_direct - ANSWERED_BY_SUPERVISOR),
+        "failures": failure_messages(tmp_path / "through"),
+    }
+
+
+def failure_messages(out: Path) -> dict[str, str]:
+    """What each failed check of a run said, for the assertion message."""
+    import json
+
+    return {
+        check["id"]: check.get("errorMessage", "")
+        for checks in out.glob("*/checks.json")
+        for check in json.loads(checks.read_text())
+        if check.get("status") == "FAILURE"
     }
 
 

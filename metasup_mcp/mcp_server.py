@@ -129,13 +129,13 @@ async def _propose_server(sup: Supervisor, a: ProposeServerArgs, call: ToolCall)
     from metasup_mcp.server_requests import ServerRequests
 
     entry = {k: v for k, v in a.model_dump(exclude={"reason"}).items() if v not in (None, [], {})}
-    return ServerRequests(sup).propose(entry, a.reason)
+    return ServerRequests(sup).propose(entry, a.reason, call.caller)
 
 
 async def _approve_server(sup: Supervisor, a: ServerDecisionArgs, call: ToolCall) -> dict[str, Any]:
     from metasup_mcp.server_requests import ServerRequests
 
-    return await ServerRequests(sup).approve(a.id, a.token, a.note)
+    return await ServerRequests(sup).approve(a.id, a.token, a.note, call.caller)
 
 
 async def _reject_server(sup: Supervisor, a: ServerDecisionArgs, call: ToolCall) -> dict[str, Any]:

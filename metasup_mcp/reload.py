@@ -15,9 +15,7 @@ the ones that differ, for a restart.
 
 from __future__ import annotations
 
-import hmac
 import logging
-import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -72,26 +70,13 @@ def settings_not_reloaded(old: SupervisorConfig, new: SupervisorConfig) -> list[
     )
 
 
-def operator_token(settings: SupervisorConfig) -> str | None:
-    """The operator token: `METASUP_OPERATOR_TOKEN`, else the first line of `approval.operator_token_file`."""
-    if token := os.environ.get("METASUP_OPERATOR_TOKEN"):
-        return token
-    path = settings.approval.operator_token_file
-    if path is not None and path.is_file():
-        return path.read_text(encoding="utf-8").strip().splitlines()[0] if path.read_text().strip() else None
-    return None
-
-
 def check_operator_token(settings: SupervisorConfig, given: str) -> None:
-    """`ReloadRefused` unless `given` is the configured operator token (compared in constant time)."""
-    expected = operator_token(settings)
-    if expected is None:
-        raise ReloadRefused(
-            "no operator token is configured: set METASUP_OPERATOR_TOKEN in the supervisor's environment "
-            "or approval.operator_token_file, or reload with SIGHUP / `metasup-mcp reload`"
-        )
-    if not hmac.compare_digest(expected.encode(), given.encode()):
-        raise ReloadRefused("wrong operator token: reload_config needs the operator's token")
+    """`ReloadRefused` unless `given` is the operator token (the same token as approve_change)."""
+    from metasup_mcp.evolution.approval import token_problem
+
+    problem = token_problem(settings.approval, given)
+    if problem is not None:
+        raise ReloadRefused(f"cannot reload: {problem}")
 
 
 class ConfigReload:

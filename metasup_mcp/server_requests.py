@@ -30,8 +30,9 @@ class ServerRequests:
         self.sup = supervisor
         self.folder = supervisor.settings.state_dir / "server_requests"
 
-    def propose(self, entry: dict[str, Any], reason: str) -> dict[str, Any]:
-        """Validate and store the request; `ReloadRefused` naming what is wrong with it."""
+    def propose(self, entry: dict[str, Any], reason: str, proposer: str | None = None) -> dict[str, Any]:
+        """Validate and store the request; `ReloadRefused` naming what is wrong with it.
+        `proposer` is the asking connection's identity: that session can never approve it."""
         document = self._document()
         action = "changed" if document.entry(entry["name"]) is not None else "added"
         document.add_server(entry, replace=True)
@@ -42,7 +43,7 @@ class ServerRequests:
         request = {
             "id": f"s-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}",
             "status": "pending_approval", "action": action, "entry": entry, "reason": reason,
-            "created_at": time.time(),
+            "created_at": time.time(), "proposer": proposer,
             "how_to_approve": "an operator calls approve_server(id, token) (or reject_server)",
         }
         self._save(request)
@@ -55,10 +56,18 @@ class ServerRequests:
             raise ReloadRefused(f"no server request {request_id!r}; list_changes does not show these: see the audit log")
         return json.loads(path.read_text(encoding="utf-8"))
 
-    async def approve(self, request_id: str, token: str, note: str) -> dict[str, Any]:
-        """Write the entry into the config and reload; the file is restored if the reload rolls back."""
+    async def approve(self, request_id: str, token: str, note: str, who: str | None) -> dict[str, Any]:
+        """Write the entry into the config and reload; the file is restored if the reload rolls back.
+
+        As for approve_change: the operator token, never the proposing session (`who`), and never a
+        connection without an identity (a stateless one could be the proposer)."""
         check_operator_token(self.sup.settings, token)
         request = self._pending(request_id)
+        if who is None:
+            raise ReloadRefused(f"cannot approve {request_id} from a stateless connection: approve it from a stdio "
+                                "or 2025-11-25 session")
+        if who == request.get("proposer"):
+            raise ReloadRefused(f"cannot approve {request_id}: this session proposed it; approve it from another session")
         document = self._document()
         before = document.path.read_text(encoding="utf-8")
         document.add_server(request["entry"], replace=True)

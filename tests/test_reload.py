@@ -19,6 +19,7 @@ from mcp import ClientSession, StdioServerParameters, stdio_client
 
 from metasup_mcp.config import ServerConfig
 from metasup_mcp.reload import ReloadRefused, diff_servers
+from metasup_mcp.server_requests import ServerRequests
 from tests.test_gateway_support import START, connected, fixture, running, write_config
 
 pytestmark = pytest.mark.anyio
@@ -106,7 +107,7 @@ async def test_the_reload_config_tool_needs_the_operator_token(tmp_path: Path, m
         assert refused.is_error and "no operator token is configured" in refused.content[0].text
         monkeypatch.setenv("METASUP_OPERATOR_TOKEN", "op-secret")
         wrong = await up.session.call_tool("reload_config", {"token": "guess"})
-        assert wrong.is_error and "wrong operator token" in wrong.content[0].text
+        assert wrong.is_error and "the operator token is wrong" in wrong.content[0].text
         rewrite(tmp_path, [fixture("keep"), fixture("extra")])
         done = await up.session.call_tool("reload_config", {"token": "op-secret"})
         assert not done.is_error, done.content[0].text
@@ -175,14 +176,16 @@ async def test_a_proposed_server_waits_for_the_operator_then_runs_and_lands_in_t
         assert request["status"] == "pending_approval" and request["action"] == "added"
         assert "helper" not in up.sup.status()["servers"] and "helper" not in config.read_text()
         refused = await up.session.call_tool("approve_server", {"id": request["id"], "token": "agent-guess"})
-        assert refused.is_error and "wrong operator token" in refused.content[0].text
+        assert refused.is_error and "the operator token is wrong" in refused.content[0].text
+        own = await up.session.call_tool("approve_server", {"id": request["id"], "token": "op-secret"})
+        assert own.is_error and "this session proposed it" in own.content[0].text
 
-        approved = await up.session.call_tool("approve_server", {"id": request["id"], "token": "op-secret"})
-        assert approved.structured_content["status"] == "applied", approved.content[0].text
+        approved = await ServerRequests(up.sup).approve(request["id"], "op-secret", "ok", who="operator-session")
+        assert approved["status"] == "applied", approved
         await running(up.sup, "helper")
         assert "- name: helper" in config.read_text() and config.read_text().startswith("# operator's notes\n")
-        again = await up.session.call_tool("approve_server", {"id": request["id"], "token": "op-secret"})
-        assert again.is_error and "already applied" in again.content[0].text
+        with pytest.raises(ReloadRefused, match="already applied"):
+            await ServerRequests(up.sup).approve(request["id"], "op-secret", "", who="operator-session")
 
 
 async def test_an_approved_server_that_fails_leaves_the_config_file_and_the_servers_as_they_were(
@@ -196,9 +199,8 @@ async def test_an_approved_server_that_fails_leaves_the_config_file_and_the_serv
         bad = fixture("bad", "--crash-on-start", "5")
         proposed = await up.session.call_tool("propose_server", {"name": "bad", "command": "python", "args": bad["args"]})
         request_id = proposed.structured_content["id"]
-        approved = await up.session.call_tool("approve_server", {"id": request_id, "token": "op-secret"})
-        assert approved.structured_content["status"] == "rolled_back"
-        assert "bad" in approved.structured_content["reload"]["evidence"]
+        approved = await ServerRequests(up.sup).approve(request_id, "op-secret", "", who="operator-session")
+        assert approved["status"] == "rolled_back" and "bad" in approved["reload"]["evidence"]
         assert config.read_text() == before and set(up.sup.status()["servers"]) == {"keep"}
         invalid = await up.session.call_tool("propose_server", {"name": "a__b", "command": "x"})
         assert invalid.is_error and "cannot contain '__'" in invalid.content[0].text

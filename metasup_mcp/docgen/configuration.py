@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter
 from pydantic.fields import FieldInfo
 
-from metasup_mcp.config import Config, parse_duration
+from metasup_mcp.config import Config, parse_duration, parse_fraction
 from metasup_mcp.docgen.descriptions import DESCRIPTIONS, EXAMPLES, INTRO, SECTION_NOTES
 
 _CONSTRAINTS = {"gt": ">", "ge": "≥", "lt": "<", "le": "≤", "min_length": "at least {} long"}
@@ -55,6 +55,8 @@ def _models_in(annotation: Any) -> list[tuple[type[BaseModel], str]]:
     origin, args = get_origin(annotation), get_args(annotation)
     if origin is list:
         return [(m, "[]" + s) for m, s in _models_in(args[0])]
+    if origin is dict:
+        return [(m, ".<key>" + s) for m, s in _models_in(args[1])]
     if origin in (Union, pytypes.UnionType, Annotated):
         return [found for arg in args for found in _models_in(arg)]
     return []
@@ -106,16 +108,26 @@ def _line_comments(model: type[BaseModel]) -> dict[str, str]:
 
 
 def _is_duration(annotation: Any, field: FieldInfo | None = None) -> bool:
+    return _parsed_by(parse_duration, annotation, field)
+
+
+def _is_fraction(annotation: Any, field: FieldInfo | None = None) -> bool:
+    return _parsed_by(parse_fraction, annotation, field)
+
+
+def _parsed_by(parser: Any, annotation: Any, field: FieldInfo | None = None) -> bool:
+    """Whether the type is one of config.py's parsed scalars (Duration, Fraction)."""
     metadata = list(field.metadata if field else []) + list(getattr(annotation, "__metadata__", ()))
-    if any(getattr(m, "func", None) is parse_duration for m in metadata):
+    if any(getattr(m, "func", None) is parser for m in metadata):
         return True
-    return any(_is_duration(arg) for arg in get_args(annotation) if arg is not type(None))
+    return any(_parsed_by(parser, arg) for arg in get_args(annotation) if arg is not type(None))
 
 
 def _type(field: FieldInfo) -> str:
     text = _type_name(field.annotation)
-    if _is_duration(field.annotation, field):
-        text = "duration or null" if type(None) in get_args(field.annotation) else "duration"
+    for kind, test in (("duration", _is_duration), ("fraction", _is_fraction)):
+        if test(field.annotation, field):
+            text = f"{kind} or null" if type(None) in get_args(field.annotation) else kind
     bounds = [
         _CONSTRAINTS[attr].format(value) if "{}" in _CONSTRAINTS[attr] else f"{_CONSTRAINTS[attr]} {value}"
         for m in field.metadata for attr in _CONSTRAINTS if (value := getattr(m, attr, None)) is not None
@@ -164,13 +176,15 @@ def _example(name: str, field: FieldInfo, key: str) -> str:
 
 
 def _plain(value: Any, field: FieldInfo) -> Any:
+    """`value` as YAML would show it: durations with a unit, anything else in its JSON form."""
     if _is_duration(field.annotation, field) and isinstance(value, int | float):
         return _duration_text(float(value))
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, list):
-        return [v.model_dump(mode="json", exclude_defaults=True) if isinstance(v, BaseModel) else v for v in value]
-    return value
+    if _is_fraction(field.annotation, field) and isinstance(value, int | float):
+        return f"{value * 100:g}%"
+    try:
+        return TypeAdapter(field.annotation).dump_python(value, mode="json", exclude_defaults=True)
+    except Exception:  # noqa: BLE001 — a type the adapter cannot take: its own JSON form, or its text
+        return value.model_dump(mode="json") if isinstance(value, BaseModel) else str(value)
 
 
 def _duration_text(seconds: float) -> str:
@@ -180,6 +194,18 @@ def _duration_text(seconds: float) -> str:
     return f"{int(seconds * 1000)}ms" if seconds < 1 else f"{seconds:g}s"
 
 
+def _tidy(value: Any) -> Any:
+    """Whole floats as integers (`4096`, not `4096.0`), all the way down."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _tidy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_tidy(v) for v in value]
+    return value
+
+
 def _yaml_value(value: Any) -> str:
+    value = _tidy(value)
     return yaml.safe_dump(value, default_flow_style=True, width=10_000).strip().removesuffix("\n...").removesuffix("...").strip()
 

@@ -19,6 +19,7 @@ Conventions:
   validates a file and prints the effective configuration (defaults filled in, paths resolved).
 - Relative paths resolve against the folder of the config file.
 - A *duration* is a number of seconds or a number with a unit: `500ms`, `10s`, `5m`, `1h`.
+- A *fraction* is a number (`0.1`) or a percentage (`10%`).
 - `${VAR}` in `env` and `headers` values is replaced by the supervisor's environment variable
   `VAR` when the config is loaded; an unset variable is an error naming it.
 - `metasup-mcp init` writes a commented starting point; `metasup-mcp add` / `remove` /
@@ -44,6 +45,7 @@ supervisor:
 SECTION_NOTES = {
     "supervisor": "The only top-level key. Everything else lives under it.",
     "supervisor.mcp_servers[].restart": "Per-server override of `supervisor.restart` (same keys).",
+    "supervisor.strategy.limits.<key>": "`<key>` is one of `metamorphic`, `exploratory`, `hybrid`, `training`.",
 }
 
 DESCRIPTIONS = {
@@ -83,8 +85,18 @@ DESCRIPTIONS = {
     "CheckSpec.timeout": "A check still running after this has failed.",
     "ApprovalSettings.mode": "`auto` applies what passes validation; `human` waits for `approve_change` with the operator token; `deny` refuses every change.",
     "ApprovalSettings.human_for": "Globs of workspace paths that need a human even in `auto` mode.",
-    "ApprovalSettings.timeout": "How long a change may wait for a human decision.",
-    "ApprovalSettings.operator_token_file": "A file holding the operator token (else `METASUP_OPERATOR_TOKEN` in the supervisor's environment).",
+    "ApprovalSettings.timeout": "An elicitation unanswered, or a change pending a human decision, after this is refused.",
+    "ApprovalSettings.operator_token_file": "A file holding the operator token (outside the workspace); else `METASUP_OPERATOR_TOKEN` in the supervisor's environment. Needed by approve_change, reload_config, approve_server.",
+    "SupervisorConfig.benchmark": "An optional performance metric, measured on each verified commit.",
+    "SupervisorConfig.strategy": "How the evolution strategy is chosen, and how much one change may touch under each.",
+    "SupervisorConfig.replay": "Replaying sampled read-only calls after each change, to catch changed behaviour.",
+    "BenchmarkSettings.run": "The command (a list of words, or one string) run in the workspace; its last output line holds the number.",
+    "BenchmarkSettings.timeout": "A benchmark still running after this has failed.",
+    "BenchmarkSettings.higher_is_better": "Whether a larger number is an improvement (`false` for latencies).",
+    "StrategySettings.over_limit": "A change over its strategy's limits is refused (`refuse`) or held for a human (`human`).",
+    "StrategySettings.limits": "Per strategy, the most one change may touch.",
+    "StrategyLimits.max_files": "Files one change may touch under this strategy (null: no limit).",
+    "ReplaySettings.samples_per_tool": "Successful calls kept per read-only tool for replaying.",
     "StatusHttpSettings.enabled": "Serve the status endpoint, `/metrics` and the dashboard.",
     "StatusHttpSettings.host": "Address to bind; a non-loopback address needs `token`.",
     "StatusHttpSettings.port": "TCP port (0 picks a free one).",
@@ -121,6 +133,9 @@ EXAMPLES = {
     "CheckSpec.name": "name: tests",
     "CheckSpec.run": "run: [python, -m, pytest, -q]",
     "ApprovalSettings.human_for": "human_for: ['*.sql', 'deploy/**']",
+    "BenchmarkSettings.run": "run: [python, bench.py]",
+    "StrategySettings.limits": "limits: {hybrid: {max_files: 3, max_lines: 200}}",
+    "ReplaySettings.tools": "tools: {'notes__list_*': shape}",
     "ApprovalSettings.operator_token_file": "operator_token_file: operator.token",
     "StatusHttpSettings.token": "token: ${STATUS_TOKEN}",
     "ServerConfig.name": "name: notes",

@@ -5,7 +5,8 @@ live in DIR, beside the workspace and never inside it, so nothing the supervisor
 resets or rolls back in the workspace can reach them.
 
     DIR/servers.yaml      operator-owned configuration
-    DIR/state/            journal, audit log, proposals, backups (operator-owned)
+    DIR/.metasup/         journal, audit log, proposals, backups (operator-owned; the
+                          default state folder beside a config outside the workspace)
     DIR/workspace/        the git repository the children run from (or --workspace PATH)
 """
 
@@ -31,6 +32,8 @@ supervisor:
   workspace: {workspace}
   # Journal, audit log, proposals and backups. Operator-owned, never inside the workspace.
   state_dir: {state_dir}
+  # Files the servers write at run time (globs): never committed, never rolled back.
+  data_paths: []
   min_runtime: 10s              # a death sooner than this after a start is a failed start
   max_failures: 5               # consecutive rolled-back changes before changes are refused
   checks:                       # run after a change is applied, before children restart
@@ -55,7 +58,7 @@ class InitError(Exception):
 
 
 def init(directory: Path, workspace: Path | None = None, force: bool = False) -> int:
-    """Write DIR/servers.yaml, create DIR/state/, open or create the workspace as a git repository.
+    """Write DIR/servers.yaml, create DIR/.metasup/, open or create the workspace as a git repository.
 
     Exit 0 with the next steps on stderr; `InitError` (exit 2) if servers.yaml exists (without
     `force`) or DIR would sit inside the workspace.
@@ -63,7 +66,7 @@ def init(directory: Path, workspace: Path | None = None, force: bool = False) ->
     directory = directory.resolve()
     config_path = directory / "servers.yaml"
     workspace = (workspace or directory / "workspace").resolve()
-    state_dir = directory / "state"
+    state_dir = directory / ".metasup"
     if config_path.exists() and not force:
         raise InitError(f"{config_path} already exists: edit it, or pass --force to overwrite it")
     if directory == workspace or directory.is_relative_to(workspace):

@@ -301,6 +301,7 @@ class SupervisorSurface:
             on_read_resource=self._read_resource,
             on_list_prompts=self._list_prompts,
             on_get_prompt=self._get_prompt,
+            on_completion=self._complete,  # declares `completions`; children's prompts and templates
             # 2026-07-28 clients hear of list changes only through subscriptions/listen.
             on_subscriptions_listen=ListenHandler(self.gateway.upstream.bus),
         )
@@ -381,6 +382,13 @@ class SupervisorSurface:
         if result is None:
             raise MCPError(types.INVALID_PARAMS, f"unknown prompt {params.name!r}; prompts/list shows them")
         return result
+
+    async def _complete(
+        self, ctx: ServerRequestContext[Any], params: types.CompleteRequestParams
+    ) -> dict[str, Any] | types.CompleteResult:
+        forwarded = await self.gateway.complete(ctx, params)
+        # The supervisor's own prompts and templates offer no suggestions.
+        return forwarded if forwarded is not None else types.CompleteResult(completion=types.Completion(values=[]))
 
     async def _call_tool(
         self, ctx: ServerRequestContext[Any], params: types.CallToolRequestParams

@@ -125,6 +125,7 @@ class ManagedChild:
         # Runs before every spawn (the on-disk guard puts uncommitted edits on trial there).
         self.before_start: Callable[[ManagedChild], Awaitable[None]] | None = None
         self.supervising = False
+        self._tools_stale = self._relisting_tools = False  # see _relist_tools
 
     @property
     def state(self) -> ChildState:
@@ -353,7 +354,7 @@ class ManagedChild:
                     logger.info("%s refused initialize (%s); trying server/discover", self.name, refused)
                     capabilities = (await session.discover()).capabilities
                 self.server_capabilities = capabilities
-                self.tools = await _list_all_tools(session) if capabilities.tools is not None else []
+                self.tools = await _list_all_tools(session, self.name) if capabilities.tools is not None else []
         except TimeoutError:
             return f"handshake: no answer to initialize/tools/list within {self.config.handshake_timeout:g}s"
         except MCPError as exc:
@@ -417,14 +418,28 @@ class ManagedChild:
             return
         try:
             if isinstance(message, types.ToolListChangedNotification) and self.connection is not None:
-                with anyio.move_on_after(self.config.call_timeout):
-                    self.tools = await _list_all_tools(self.connection.session)
-                    self._event("tools_changed", tools=len(self.tools))
+                await self._relist_tools(self.connection)
             if self.hooks.notification is not None:
                 await self.hooks.notification(self, message)
         except (MCPError, ValidationError, anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
             # A notification the child mishandles must not end its session, let alone the supervisor.
             logger.warning("%s: could not act on %s: %s", self.name, type(message).__name__, exc)
+
+    async def _relist_tools(self, connection: Connection) -> None:
+        """Re-list tools after `tools/list_changed`, coalesced: each notification runs in its own
+        task, so a burst of them gives one listing in flight and at most one more after it."""
+        self._tools_stale = True
+        if self._relisting_tools:
+            return
+        self._relisting_tools = True
+        try:
+            while self._tools_stale and connection is self.connection:
+                self._tools_stale = False
+                with anyio.move_on_after(self.config.call_timeout):
+                    self.tools = await _list_all_tools(connection.session, self.name)
+                    self._event("tools_changed", tools=len(self.tools))
+        finally:
+            self._relisting_tools = False
 
     def _on_stderr(self, line: str) -> None:
         self.stderr.add(line, self.generation)
@@ -443,16 +458,36 @@ async def _then(wait: Callable[[], Awaitable[Any]], finish: Callable[[str], None
     finish(why)
 
 
-async def _list_all_tools(session: ClientSession) -> list[types.Tool]:
+async def _list_all_tools(session: ClientSession, server: str) -> list[types.Tool]:
+    """Every page of the child's tools.
+
+    A child that declares `tools` but answers "method not found" has none (its resources and
+    prompts stay reachable). A cursor the child already sent ends the listing with what was
+    listed so far, and a warning: otherwise a child repeating its `nextCursor` is asked forever.
+    """
     tools: list[types.Tool] = []
     cursor: str | None = None
+    seen: set[str] = set()
     while True:
         params = types.PaginatedRequestParams(cursor=cursor) if cursor else None
-        page = await session.list_tools(params=params)
+        try:
+            page = await session.list_tools(params=params)
+        except MCPError as exc:
+            if exc.code != types.METHOD_NOT_FOUND:
+                raise
+            logger.warning("%s declares tools but answers tools/list with %r: treated as offering none", server, exc.message)
+            return tools
         tools.extend(page.tools)
         cursor = page.next_cursor
         if not cursor:
             return tools
+        if cursor in seen:
+            logger.warning(
+                "%s sent tools/list cursor %.80r twice: listing stopped at %d tools (a bug in the server)",
+                server, cursor, len(tools),
+            )
+            return tools
+        seen.add(cursor)
 
 
 async def _probe(session: ClientSession, timeout: float) -> float | None:

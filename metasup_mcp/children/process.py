@@ -8,6 +8,7 @@ drained continuously so that a chatty child can never block on a full pipe.
 from __future__ import annotations
 
 import collections
+import json
 import logging
 import os
 import signal
@@ -20,6 +21,7 @@ import anyio
 import mcp_types as types
 from anyio.abc import ByteReceiveStream, ByteSendStream, Process
 from mcp.shared.message import SessionMessage
+from pydantic import ValidationError
 
 from metasup_mcp.aio import BorrowedStream, LineSplitter
 
@@ -132,12 +134,12 @@ class ChildProcess:
     def _parse(self, line: bytes) -> SessionMessage | None:
         try:
             return SessionMessage(types.jsonrpc_message_adapter.validate_json(line, by_name=False))
-        except ValueError:
+        except ValueError as exc:
             text = line.decode(errors="replace")
             self.garbage_lines += 1
             self.last_garbage = text[:200]
             logger.warning("%s wrote a non-JSON-RPC line on stdout (dropped): %.200s", self.spec.name, text)
-            return None
+            return _unusable_answer(line, exc)
 
     async def _drain_stderr(self, on_line: Callable[[str], None]) -> None:
         assert self._process.stderr is not None
@@ -148,6 +150,30 @@ class ChildProcess:
                     on_line(line.decode(errors="replace"))
         if rest := splitter.rest():
             on_line(rest.decode(errors="replace"))
+
+
+# `data` of the error that stands in for an answer the child sent but nobody can use.
+UNUSABLE_ANSWER = "unusable_answer"
+
+
+def _unusable_answer(line: bytes, problem: ValueError) -> SessionMessage | None:
+    """An error response in place of a malformed answer to one of our requests, so the request
+    ends at once instead of waiting out its timeout; None for a line that answers nothing."""
+    try:
+        message = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(message, dict) or "method" in message:
+        return None
+    request_id = message.get("id")
+    if isinstance(request_id, bool) or not isinstance(request_id, (int, str)):
+        return None
+    first = problem.errors()[0]["msg"] if isinstance(problem, ValidationError) else str(problem)
+    error = types.ErrorData(
+        code=types.INTERNAL_ERROR, message=f"malformed answer ({first}): {line[:120].decode(errors='replace')}",
+        data=UNUSABLE_ANSWER,
+    )
+    return SessionMessage(types.JSONRPCError(jsonrpc="2.0", id=request_id, error=error))
 
 
 class ChildReader(BorrowedStream):

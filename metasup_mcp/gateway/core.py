@@ -33,12 +33,13 @@ from pydantic import TypeAdapter, ValidationError
 
 from metasup_mcp.children.child import ChildEvent, Connection, ManagedChild
 from metasup_mcp.children.manager import ServerManager
+from metasup_mcp.children.process import UNUSABLE_ANSWER
 from metasup_mcp.children.state import ChildState
 from metasup_mcp.gateway import errors
 from metasup_mcp.gateway.catalog import ClaimBook, Index, Kind, Offer, build_index
 from metasup_mcp.gateway.errors import Unanswered
 from metasup_mcp.gateway.listing import list_offer
-from metasup_mcp.gateway.naming import address_uri, resolve_uri, resource_key
+from metasup_mcp.gateway.naming import MAX_NAME_LENGTH, address_uri, resolve_uri, resource_key
 from metasup_mcp.gateway.stats import CallStats, Histogram
 from metasup_mcp.gateway.upstream import Upstream, Via, session_hooks
 
@@ -51,7 +52,8 @@ _RAW: TypeAdapter[Any] = TypeAdapter(Any)
 
 
 class Gateway:
-    def __init__(self, manager: ServerManager) -> None:
+    def __init__(self, manager: ServerManager, max_tool_name: int = MAX_NAME_LENGTH) -> None:
+        self._max_tool_name = max_tool_name
         self._children: dict[str, ManagedChild] = {child.name: child for child in manager}
         self._servers = [child.config for child in manager]
         # config.py refuses two servers with one key, and namespaces too long for any tool.
@@ -162,7 +164,9 @@ class Gateway:
         child, stats = self._children[route.server], self._stats[route.server]
         stats.calls += 1
         started = perf_counter()
-        request = types.CallToolRequest(params=types.CallToolRequestParams(name=route.name, arguments=arguments))
+        request = types.CallToolRequest(
+            params=types.CallToolRequestParams(name=route.name, arguments=arguments, meta=_forwarded_meta(ctx.meta))
+        )
         progress = ctx.session.report_progress if _wants_progress(ctx.meta) else None
         try:
             raw = await self._forward(ctx, child, request, name, progress)
@@ -217,7 +221,9 @@ class Gateway:
         server = self._by_key.get(key)
         if server is None:
             raise MCPError(types.INVALID_PARAMS, f"no server addresses its resources as {key!r}: {uri}")
-        request = types.ReadResourceRequest(params=types.ReadResourceRequestParams(uri=original))
+        request = types.ReadResourceRequest(
+            params=types.ReadResourceRequestParams(uri=original, meta=_forwarded_meta(ctx.meta))
+        )
         raw = await self._forward_or_raise(ctx, self._children[server], request, uri)
         for contents in raw.get("contents") or ():
             if isinstance(contents.get("uri"), str):
@@ -233,8 +239,33 @@ class Gateway:
             await self.first_listing()
             if (route := self._index.prompts.get(name)) is None:
                 return None
-        request = types.GetPromptRequest(params=types.GetPromptRequestParams(name=route.name, arguments=arguments))
+        request = types.GetPromptRequest(
+            params=types.GetPromptRequestParams(name=route.name, arguments=arguments, meta=_forwarded_meta(ctx.meta))
+        )
         return await self._forward_or_raise(ctx, self._children[route.server], request, name)
+
+    async def complete(self, ctx: ServerRequestContext[Any], params: types.CompleteRequestParams) -> dict[str, Any] | None:
+        """Forward `completion/complete` for a child's prompt or resource template under the
+        child's own name or URI; None if the reference is not a child's. A child that does not
+        declare `completions` gets no request: it has no suggestions."""
+        ref = params.ref
+        if isinstance(ref, types.PromptReference):
+            route = self._index.prompts.get(ref.name)
+            if route is None:
+                return None
+            server, own_ref = route.server, ref.model_copy(update={"name": route.name})
+        else:
+            resolved = resolve_uri(ref.uri)
+            if resolved is None or (server := self._by_key.get(resolved[0])) is None:
+                return None
+            own_ref = ref.model_copy(update={"uri": resolved[1]})
+        child = self._children[server]
+        if child.server_capabilities is not None and child.server_capabilities.completions is None:
+            return {"completion": {"values": []}}
+        request = types.CompleteRequest(
+            params=params.model_copy(update={"ref": own_ref, "meta": _forwarded_meta(ctx.meta)})
+        )
+        return await self._forward_or_raise(ctx, child, request, f"completion of {ref.name if isinstance(ref, types.PromptReference) else ref.uri}")
 
     async def _forward_or_raise(
         self, ctx: ServerRequestContext[Any], child: ManagedChild, request: Any, what: str
@@ -264,10 +295,16 @@ class Gateway:
                     raw.setdefault("resultType", "complete")  # required from 2026-07-28; children may be older
                 return raw
         except MCPError as exc:
+            if exc.data == UNUSABLE_ANSWER:
+                raise errors.child_error(child, what, f"sent an answer the supervisor cannot use: {exc.message}") from None
             if exc.code != types.CONNECTION_CLOSED:
                 raise errors.child_error(child, what, f"answered with an error: {exc.message}", exc.code) from None
         except ValidationError as exc:
-            raise errors.child_error(child, what, f"sent a malformed answer ({exc.error_count()} errors)") from None
+            first = exc.errors()[0]
+            where = ".".join(map(str, first["loc"])) or "result"
+            raise errors.child_error(
+                child, what, f"sent a malformed answer ({exc.error_count()} problems; {where}: {first['msg']})"
+            ) from None
         finally:
             del calls[scope]
         if scope.cancelled_caught and _live(connection):
@@ -339,12 +376,13 @@ class Gateway:
         if connection is None or not _live(connection):
             return previous  # restarting: its tools stay listed
         capabilities = child.server_capabilities or types.ServerCapabilities()
-        return await list_offer(connection.session, capabilities, child.tools, previous, what)
+        return await list_offer(connection.session, capabilities, child.tools, previous, what, child.name)
 
     def _reindex(self) -> set[Kind]:
         before = self._index
         self._index = build_index(
-            self._servers, self._offers, self._reserved_tools, self._reserved_prompts, self._claims
+            self._servers, self._offers, self._reserved_tools, self._reserved_prompts, self._claims,
+            self._max_tool_name,
         )
         for name, problems in self._index.problems.items():
             self._report(self._children[name], problems)
@@ -402,6 +440,20 @@ def _first_start(child: ManagedChild) -> bool:
 def _wants_progress(meta: Any) -> bool:
     """The caller sent a progress token (parsed `_meta` names it `progress_token`)."""
     return bool(meta) and (meta.get("progress_token") is not None or meta.get("progressToken") is not None)
+
+
+# Keys of `_meta` the supervisor sets itself on the hop to the child: the progress token (its
+# own, so that progress is routed back here) and the reserved 2026-07-28 keys (per connection).
+_OWN_META = ("progress_token", "progressToken")
+_RESERVED_META_PREFIX = "io.modelcontextprotocol/"
+
+
+def _forwarded_meta(meta: Any) -> dict[str, Any] | None:
+    """The caller's request `_meta` as the child should see it (`traceparent` and the like pass)."""
+    if not meta:
+        return None
+    kept = {k: v for k, v in meta.items() if k not in _OWN_META and not k.startswith(_RESERVED_META_PREFIX)}
+    return kept or None
 
 
 def _readdress_links(content: list[dict[str, Any]], key: str) -> None:

@@ -35,6 +35,8 @@ MAX_STDERR_LINE_BYTES = 16 * 1024
 STDIN_CLOSE_GRACE = 1.0
 # How often exit is noticed; bounds how late an in-flight call learns of a death.
 EXIT_POLL_INTERVAL = 0.05
+# How often the exit code is looked for once the process is known to have died.
+EXIT_REAP_POLL = 0.001
 # Variables passed through from the supervisor's environment; everything else must be declared.
 BASE_ENV_VARS = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "USER", "LOGNAME", "SHELL", "TERM")
 # Marks every process of every child; the next start kills survivors that carry a dead supervisor's mark.
@@ -127,8 +129,20 @@ class ChildProcess:
         return self.exited.is_set()
 
     async def _watch_exit(self) -> None:
-        while self._process.returncode is None:
-            await anyio.sleep(EXIT_POLL_INTERVAL)
+        """Set `exited` the moment the process dies: a pidfd turns readable then, at no cost
+        while it lives (polling 50 children at 20 Hz kept an idle supervisor busy); polling
+        remains where pidfds are missing."""
+        pidfd = _open_pidfd(self.pid)
+        try:
+            if pidfd is not None:
+                await anyio.wait_readable(pidfd)
+            # The event loop's child watcher reaps it and records the code a moment later.
+            interval = EXIT_REAP_POLL if pidfd is not None else EXIT_POLL_INTERVAL
+            while self._process.returncode is None:
+                await anyio.sleep(interval)
+        finally:
+            if pidfd is not None:
+                os.close(pidfd)
         self.exited.set()
 
     def _parse(self, line: bytes) -> SessionMessage | None:
@@ -150,6 +164,14 @@ class ChildProcess:
                     on_line(line.decode(errors="replace"))
         if rest := splitter.rest():
             on_line(rest.decode(errors="replace"))
+
+
+def _open_pidfd(pid: int) -> int | None:
+    """A pidfd for `pid` (Linux 5.3+), or None where there is none."""
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None
 
 
 # `data` of the error that stands in for an answer the child sent but nobody can use.

@@ -73,6 +73,8 @@ class SessionHooks:
     logging: LoggingFnT | None = None
     # Every other server notification of a live session (progress, list_changed, ...).
     notification: Callable[[ManagedChild, Any], Awaitable[None]] | None = None
+    # Sees each line the child writes before its session does; True takes the line away.
+    raw_line: Callable[[bytes], Awaitable[bool]] | None = None
 
 
 @dataclass
@@ -249,6 +251,7 @@ class ManagedChild:
             async with spawn_child(spec, self._on_stderr) as streams:
                 self.pid = streams.process.pid
                 self.process = streams.process
+                streams.read.intercept = self.hooks.raw_line
                 try:
                     reason = await self._serve(streams.process, streams.read, streams.write, stop)
                 except Exception as exc:  # noqa: BLE001 — whatever a child does, the supervisor lives on

@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import signal
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,6 +96,11 @@ class ChildProcess:
     @property
     def returncode(self) -> int | None:
         return self._process.returncode
+
+    async def send_line(self, data: bytes) -> None:
+        """Write one message line to the child's stdin, whole (the gateway's raw relay)."""
+        assert self._process.stdin is not None
+        await self._process.stdin.send(data)
 
     def signal_group(self, sig: signal.Signals) -> None:
         """Signal the child's whole process group; a group already gone is fine."""
@@ -210,6 +215,8 @@ class ChildReader(BorrowedStream):
         self._stdout = stdout
         self._lines: collections.deque[bytes] = collections.deque()
         self._splitter = LineSplitter(MAX_MESSAGE_BYTES)
+        # Sees every line first; True takes it away from the session (the gateway's raw relay).
+        self.intercept: Callable[[bytes], Awaitable[bool]] | None = None
 
     def __aiter__(self) -> ChildReader:
         return self
@@ -217,7 +224,10 @@ class ChildReader(BorrowedStream):
     async def __anext__(self) -> SessionMessage:
         while True:
             while self._lines:
-                message = self._child._parse(self._lines.popleft())
+                line = self._lines.popleft()
+                if self.intercept is not None and await self.intercept(line):
+                    continue
+                message = self._child._parse(line)
                 if message is not None:
                     return message
             try:

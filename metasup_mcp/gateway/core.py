@@ -38,6 +38,7 @@ from metasup_mcp.children.state import ChildState
 from metasup_mcp.gateway import errors
 from metasup_mcp.gateway.catalog import ClaimBook, Index, Kind, Offer, build_index
 from metasup_mcp.gateway.errors import Unanswered
+from metasup_mcp.gateway.fastpath import FastPath
 from metasup_mcp.gateway.listing import list_offer
 from metasup_mcp.gateway.naming import MAX_NAME_LENGTH, address_uri, resolve_uri, resource_key
 from metasup_mcp.gateway.stats import CallStats, Histogram
@@ -77,9 +78,11 @@ class Gateway:
         # Told of each successful call to a readOnlyHint tool (the replay sample; None: off).
         self.on_read_only_result: Callable[[str, dict[str, Any] | None, dict[str, Any]], None] | None = None
         self._read_only: tuple[Index | None, frozenset[str]] = (None, frozenset())
+        self.fastpath = FastPath(self)  # the raw relay of tools/call on the stdio wire
         for child in manager:
             via, mark = functools.partial(self._via, child), functools.partial(self._mark, child.name)
             child.hooks = session_hooks(child.name, self.upstream, via, mark)
+            child.hooks.raw_line = self.fastpath.on_child_line
 
     # -- lifecycle and events (from the Supervisor) ----------------------------------------
 
@@ -88,6 +91,7 @@ class Gateway:
         async with anyio.create_task_group() as tg:
             self._tg = tg
             try:
+                tg.start_soon(self.fastpath.run, name="gateway raw relay timeouts")
                 for child in self._children.values():
                     tg.start_soon(self._keep_current, child, name=f"gateway refresh {child.name}")
                     tg.start_soon(self._watch_rest, child, name=f"gateway watch {child.name}")

@@ -100,7 +100,7 @@ class ChildProcess:
     async def send_line(self, data: bytes) -> None:
         """Write one message line to the child's stdin, whole (the gateway's raw relay)."""
         assert self._process.stdin is not None
-        await self._process.stdin.send(data)
+        await send_whole(self._process.stdin, data)
 
     def signal_group(self, sig: signal.Signals) -> None:
         """Signal the child's whole process group; a group already gone is fine."""
@@ -242,6 +242,20 @@ class ChildReader(BorrowedStream):
 
 
 
+async def send_whole(stdin: ByteSendStream, data: bytes) -> None:
+    """Write `data` to a child's stdin. On asyncio the transport takes it at once and the event
+    loop is entered only when its buffer is over the high-water mark: anyio's `send` always
+    yields a loop iteration, which on a relayed call costs as much as the relay's own work."""
+    writer = getattr(stdin, "_stream", None)  # anyio's asyncio wrapper around a StreamWriter
+    if writer is None or writer.is_closing():
+        await stdin.send(data)
+        return
+    writer.write(data)  # ordered with every other write: the transport buffers what the pipe does not take
+    transport = writer.transport
+    if transport.get_write_buffer_size() > transport.get_write_buffer_limits()[1]:
+        await writer.drain()
+
+
 class ChildWriter(BorrowedStream):
     """The child's stdin as the message stream a `ClientSession` writes (one line per message)."""
 
@@ -251,7 +265,7 @@ class ChildWriter(BorrowedStream):
     async def send(self, message: SessionMessage) -> None:
         data = message.message.model_dump_json(by_alias=True, exclude_unset=True).encode() + b"\n"
         try:
-            await self._stdin.send(data)
+            await send_whole(self._stdin, data)
         except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
             # The child is gone or going: the session sees it as a closed connection.
             raise anyio.BrokenResourceError from exc

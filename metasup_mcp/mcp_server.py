@@ -17,6 +17,7 @@ import mcp_types as types
 from mcp.server import InitializationOptions, NotificationOptions, Server, ServerRequestContext
 from mcp.server.subscriptions import ListenHandler
 from mcp.shared.exceptions import MCPError
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from metasup_mcp import __version__
@@ -311,8 +312,26 @@ class SupervisorSurface:
         server.add_request_handler("logging/setLevel", types.SetLevelRequestParams, self._set_logging_level)
         # The SDK wraps every request in an OpenTelemetry span by default; nothing here exports
         # traces, and on a relayed call the span costs as much as the supervisor's own work.
-        server.middleware = []
+        server.middleware = [self._cached_tool_list]
         return server
+
+    async def _cached_tool_list(self, ctx: ServerRequestContext[Any], call_next: Any) -> Any:
+        """Serve `tools/list` to an initialized legacy-era client from the gateway's ready-made
+        wire form (the SDK's per-request check of 1,000 tools cost 26 ms); everything else,
+        and modern-era clients (whose results the SDK stamps), go the usual way."""
+        connection = getattr(ctx.session, "_connection", None)  # the SDK gives handlers no public handle
+        if (
+            ctx.method != "tools/list"
+            or ctx.protocol_version in MODERN_PROTOCOL_VERSIONS
+            or not getattr(connection, "initialize_accepted", False)
+        ):
+            return await call_next(ctx)
+        self.gateway.upstream.attach(ctx.session)
+        await self.gateway.first_listing()
+        return self.gateway.tool_list_wire(self._own_tools, ctx.protocol_version)
+
+    def _own_tools(self) -> list[types.Tool]:
+        return [tool.definition() for tool in self.tools.values()]
 
     @staticmethod
     def initialization_options(server: Server[Any]) -> Any:

@@ -332,7 +332,7 @@ class ManagedChild:
         self._notify()
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._mark_stable)
-            verdict, detail = await self._watch_health(process, session)
+            verdict, detail = await self._watch_health(process)
             self.machine.health_restart(verdict)
             self._notify()
             if verdict == HealthReason.HUNG:
@@ -368,7 +368,7 @@ class ManagedChild:
             return f"handshake: malformed answer ({exc.error_count()} problems: {exc.errors()[0]['msg']})"
         return None
 
-    async def _watch_health(self, process: ChildProcess, session: ClientSession) -> tuple[str, str]:
+    async def _watch_health(self, process: ChildProcess) -> tuple[str, str]:
         """Sample and probe every `interval`; return (reason, detail) once a restart is due.
 
         Ticks keep a fixed cadence and each probe runs beside it, so a probe waiting out its
@@ -378,7 +378,8 @@ class ManagedChild:
         checks = self._supervision.health
         tracker = self._health
         tracker.reset()
-        # psutil reads /proc for the whole tree: off the event loop, like every other blocking call.
+        # A scan of /proc runs off the event loop; a sample of a known tree is a few small reads
+        # (see TreeSampler.blocks), cheaper inline than a worker thread each second per child.
         sampler = await blocking(TreeSampler, process.pid)  # its first reading primes cpu_percent
         due: list[str] = []
         breached = anyio.Event()
@@ -389,7 +390,7 @@ class ManagedChild:
                 breached.set()
 
         async def probe() -> None:
-            probe_ms = await _probe(session, checks.probe_timeout)
+            probe_ms = await process.ping(checks.probe_timeout)
             if not due:
                 judge(tracker.observe_probe(probe_ms is not None, probe_ms))
 
@@ -401,7 +402,8 @@ class ManagedChild:
                 with anyio.move_on_after(tick - anyio.current_time()):
                     await breached.wait()
                 if not due:
-                    judge(tracker.observe_sample(await blocking(sampler.sample)))
+                    sample = await blocking(sampler.sample) if sampler.blocks else sampler.sample()
+                    judge(tracker.observe_sample(sample))
                 if not due:
                     probes.start_soon(probe)
             probes.cancel_scope.cancel()
@@ -491,21 +493,6 @@ async def _list_all_tools(session: ClientSession, server: str) -> list[types.Too
             )
             return tools
         seen.add(cursor)
-
-
-async def _probe(session: ClientSession, timeout: float) -> float | None:
-    """MCP liveness: any JSON-RPC answer, an error included, proves the child is reading."""
-    started = anyio.current_time()
-    try:
-        with anyio.fail_after(timeout):
-            await session.send_ping()
-    except (MCPError, ValidationError):
-        pass  # "method not found", or a malformed answer, is an answer too
-    except TimeoutError:
-        return None
-    except (anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.EndOfStream):
-        return None
-    return round((anyio.current_time() - started) * 1000, 2)
 
 
 def _health_detail(reason: str, figures: HealthFigures, checks: HealthChecks) -> str:

@@ -87,6 +87,12 @@ class TreeSampler:
             with contextlib.suppress(psutil.Error):
                 self._track(psutil.Process(pid))
 
+    @property
+    def blocks(self) -> bool:
+        """The next sample scans /proc (milliseconds: run it off the event loop); otherwise it
+        reads a few small /proc files per process of the tree, cheaper than a thread hop."""
+        return not self._sampled or PROCESS_TABLE.stale(PROCESS_TABLE_MAX_AGE)
+
     def sample(self) -> ResourceSample:
         alive = self._root_alive()
         if alive:
@@ -120,8 +126,9 @@ class TreeSampler:
 
 # How old a scan of the process table may be for a sampler's next sample. One scan reads every
 # /proc/<pid>/stat (about 2 ms for 100 processes here); psutil's children(recursive=True) does
-# that per call, which for 50 children sampled each second cost a sixth of a core.
-PROCESS_TABLE_MAX_AGE = 0.25
+# that per call, which for 50 children sampled each second cost a sixth of a core. A tree
+# is resampled each health interval (1 s by default), so a scan of up to 1 s serves it.
+PROCESS_TABLE_MAX_AGE = 1.0
 
 
 class ProcessTable:
@@ -135,6 +142,9 @@ class ProcessTable:
         self._lock = threading.Lock()
         self._children: dict[int, list[int]] = {}
         self._scanned_at = -math.inf
+
+    def stale(self, max_age: float) -> bool:
+        return time.monotonic() - self._scanned_at > max_age
 
     def descendants(self, pid: int, max_age: float) -> list[int]:
         with self._lock:

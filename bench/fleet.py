@@ -1,7 +1,7 @@
 """What a fleet costs: 50 raw children x 20 tools behind one `metasup-mcp serve`, at a 1 s health
 interval, measured in one run beside a supervisor of one child.
 
-    .venv/bin/python bench/fleet.py [--children 50] [--tools 20] [--idle 10] [--calls 300]
+    .venv/bin/python bench/fleet.py [--children 50] [--tools 20] [--idle 10] [--calls 1500]
 
 Printed, each with its target (issue: "performance at the limit"):
 - startup: `initialize` answered while children are still starting (how many were running);
@@ -211,8 +211,8 @@ async def main(args: argparse.Namespace) -> None:
             names = itertools.cycle(f"c{i:02d}__echo" for i in range(args.children))
             legs = ((fleet, spread, names), (fleet, same, itertools.repeat("c00__echo")),
                     (single, alone, itertools.repeat("c00__echo")))
-            per_round = max(1, args.calls // 5)
-            for _ in range(5):
+            per_round = max(1, args.calls // 10)
+            for _ in range(10):
                 for client, into, pick in legs:
                     for _ in range(per_round):
                         t = time.perf_counter()
@@ -277,5 +277,5 @@ if __name__ == "__main__":
     parser.add_argument("--children", type=int, default=50)
     parser.add_argument("--tools", type=int, default=20, help="tools per child (at least the fixture's 5)")
     parser.add_argument("--idle", type=float, default=10.0, help="seconds of idle CPU measurement")
-    parser.add_argument("--calls", type=int, default=300, help="timed calls per supervisor")
+    parser.add_argument("--calls", type=int, default=1500, help="timed calls per leg, in 10 interleaved rounds")
     anyio.run(main, parser.parse_args())

@@ -111,3 +111,24 @@ async def logs(session: ClientSession, name: str) -> list[str]:
     result = await session.call_tool("server_logs", {"name": name, "lines": 50})
     assert result.structured_content is not None
     return result.structured_content["lines"]
+
+
+async def test_a_child_cannot_answer_or_report_progress_on_another_servers_relayed_call(tmp_path: Path) -> None:
+    async with served(tmp_path, [fixture("fx"), fixture("evil", "--spoof-ids", "50")]) as session:
+        messages: list[str | None] = []
+
+        async def on_progress(value: float, total: float | None, message: str | None) -> None:
+            messages.append(message)
+
+        async with anyio.create_task_group() as tg:
+            results: list[Any] = []
+
+            async def slow() -> None:
+                results.append(await session.call_tool("fx__slow", {"seconds": 1}, progress_callback=on_progress))
+
+            tg.start_soon(slow)
+            with anyio.fail_after(5):
+                while not messages:  # the slow call is in flight (its first progress arrived)
+                    await anyio.sleep(0.01)
+            assert (await session.call_tool("evil__echo", {"text": "mine"})).content[0].text == "mine"  # type: ignore[union-attr]
+        assert results[0].content[0].text == "slept 1.0 s" and "spoofed" not in messages

@@ -85,7 +85,7 @@ class Gateway:
         for child in manager:
             via, mark = functools.partial(self._via, child), functools.partial(self._mark, child.name)
             child.hooks = session_hooks(child.name, self.upstream, via, mark)
-            child.hooks.raw_line = self.fastpath.on_child_line
+            child.hooks.raw_line = functools.partial(self.fastpath.on_child_line, child.name)
 
     # -- lifecycle and events (from the Supervisor) ----------------------------------------
 

@@ -166,8 +166,10 @@ class FastPath:
 
     # -- downstream: lines from a child -----------------------------------------------------
 
-    async def on_child_line(self, line: bytes) -> bool:
-        """Pass on a child's answer or progress for a relayed call; True if consumed."""
+    async def on_child_line(self, server: str, line: bytes) -> bool:
+        """Pass on a child's answer or progress for a relayed call; True if consumed. A line
+        about another server's call (a child guessing ids) is dropped: only the child a call
+        went to answers it."""
         if _MARK not in line:
             return False
         try:
@@ -180,16 +182,17 @@ class FastPath:
             params = message.get("params")
             child_id = self._by_token.get(params.get("progressToken")) if isinstance(params, dict) else None
             call = self._calls.get(child_id) if child_id is not None else None
-            if call is None or params is None:
-                return child_id is not None  # progress of a call that ended: dropped
+            if call is None or params is None or call.child.name != server:
+                return child_id is not None  # progress of a call that ended, or not this child's: dropped
             await self._send({**message, "params": {**params, "progressToken": call.token}})
             return True
         child_id = message.get("id")
         if not isinstance(child_id, str) or not child_id.startswith(ID_PREFIX) or "method" in message:
             return False
-        call = self._finish(child_id)
-        if call is None:
-            return True  # answered after a timeout or a cancellation: dropped
+        call = self._calls.get(child_id)
+        if call is None or call.child.name != server:
+            return True  # answered after a timeout or a cancellation, or not this child's call: dropped
+        self._finish(child_id)
         elapsed = perf_counter() - call.started
         result = message.get("result")
         if "error" in message:

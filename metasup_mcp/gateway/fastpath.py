@@ -58,6 +58,7 @@ class RelayedCall:
     connection: Connection
     started: float
     deadline: float
+    arguments: dict[str, Any] | None = None
     token: Any = None  # the caller's progress token, if it sent one
     child_token: str | None = None
 
@@ -119,7 +120,8 @@ class FastPath:
         n = next(self._ids)
         child_id = f"{ID_PREFIX}{n}"
         now = perf_counter()
-        call = RelayedCall(upstream_id, child_id, exposed, child, connection, now, anyio.current_time() + child.config.call_timeout)
+        deadline = anyio.current_time() + child.config.call_timeout
+        call = RelayedCall(upstream_id, child_id, exposed, child, connection, now, deadline, arguments)
         forwarded: dict[str, Any] = {}
         if meta:
             for key, value in meta.items():
@@ -205,10 +207,14 @@ class FastPath:
         if problem is not None:
             failure = errors.child_error(call.child, call.exposed, f"sent a malformed answer ({problem})")
             return await self._answer_failure(call, failure, elapsed)
-        self.gateway._stats[call.child.name].record(elapsed, error=bool(result.get("isError")))
+        gateway = self.gateway
+        gateway._stats[call.child.name].record(elapsed, error=bool(result.get("isError")))
         if result.get("content"):
             _readdress(result["content"], call.child.config.resource_key)
         await self._send({"jsonrpc": "2.0", "id": call.upstream_id, "result": result})
+        if gateway.on_read_only_result is not None and not result.get("isError"):
+            if call.exposed in gateway.read_only_tools():  # the replay sample, as on the SDK path
+                gateway.on_read_only_result(call.exposed, call.arguments, result)
         return True
 
     # -- endings: timeouts and deaths ---------------------------------------------------------

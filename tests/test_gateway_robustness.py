@@ -13,7 +13,7 @@ import mcp_types as types
 import pytest
 
 from metasup_mcp.children.state import ChildState
-from tests.test_gateway_support import connected, eventually, fixture, running, structured_error
+from tests.test_gateway_support import connected, fixture, running, structured_error
 
 pytestmark = pytest.mark.anyio
 

@@ -19,8 +19,8 @@ import functools
 import logging
 import math
 from collections.abc import Callable, Iterable
-from types import SimpleNamespace
 from time import perf_counter
+from types import SimpleNamespace
 from typing import Any
 
 import anyio

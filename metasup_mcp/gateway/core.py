@@ -265,7 +265,9 @@ class Gateway:
         )
         return await self._forward_or_raise(ctx, self._children[route.server], request, name)
 
-    async def complete(self, ctx: ServerRequestContext[Any], params: types.CompleteRequestParams) -> dict[str, Any] | None:
+    async def complete(
+        self, ctx: ServerRequestContext[Any], params: types.CompleteRequestParams
+    ) -> dict[str, Any] | None:
         """Forward `completion/complete` for a child's prompt or resource template under the
         child's own name or URI; None if the reference is not a child's. A child that does not
         declare `completions` gets no request: it has no suggestions."""
@@ -274,8 +276,9 @@ class Gateway:
             route = self._index.prompts.get(ref.name)
             if route is None:
                 return None
-            server, own_ref = route.server, ref.model_copy(update={"name": route.name})
+            server, own_ref, what = route.server, ref.model_copy(update={"name": route.name}), ref.name
         else:
+            what = ref.uri
             resolved = resolve_uri(ref.uri)
             if resolved is None or (server := self._by_key.get(resolved[0])) is None:
                 return None
@@ -286,7 +289,7 @@ class Gateway:
         request = types.CompleteRequest(
             params=params.model_copy(update={"ref": own_ref, "meta": _forwarded_meta(ctx.meta)})
         )
-        return await self._forward_or_raise(ctx, child, request, f"completion of {ref.name if isinstance(ref, types.PromptReference) else ref.uri}")
+        return await self._forward_or_raise(ctx, child, request, f"completion of {what}")
 
     async def _forward_or_raise(
         self, ctx: ServerRequestContext[Any], child: ManagedChild, request: Any, what: str

@@ -98,14 +98,16 @@ class FastPath:
             return False
         arguments = params.get("arguments")
         meta = params.get("_meta")
-        if (arguments is not None and not isinstance(arguments, dict)) or (meta is not None and not isinstance(meta, dict)):
+        if not isinstance(arguments, (dict, type(None))) or not isinstance(meta, (dict, type(None))):
             return False
         route = self.gateway._index.tools.get(name)
         if route is None:
             return False
         child = self.gateway._children[route.server]
         connection = child.connection
-        if connection is None or not _live(connection) or connection.session.protocol_version in MODERN_PROTOCOL_VERSIONS:
+        if connection is None or not _live(connection):
+            return False  # the SDK path waits up to call_wait for it
+        if connection.session.protocol_version in MODERN_PROTOCOL_VERSIONS:
             return False
         upstream_id = message["id"]
         if upstream_id in self._by_upstream:

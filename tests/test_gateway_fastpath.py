@@ -132,3 +132,46 @@ async def test_a_child_cannot_answer_or_report_progress_on_another_servers_relay
                     await anyio.sleep(0.01)
             assert (await session.call_tool("evil__echo", {"text": "mine"})).content[0].text == "mine"  # type: ignore[union-attr]
         assert results[0].content[0].text == "slept 1.0 s" and "spoofed" not in messages
+
+
+async def test_client_lines_the_relay_cannot_take_reach_the_sdk_and_leave_it_working(tmp_path: Path) -> None:
+    config = write_config(tmp_path, [fixture("fx")])
+    argv = [sys.executable, "-m", "metasup_mcp.cli", "--log-level", "WARNING", "serve", "--config", str(config)]
+    process = await anyio.open_process(argv, stderr=-3)
+    assert process.stdin is not None and process.stdout is not None
+    lines: list[dict[str, Any]] = []
+    buffer = b""
+
+    async def answer(rid: int) -> dict[str, Any]:
+        nonlocal buffer
+        while not (found := [m for m in lines if m.get("id") == rid]):
+            buffer += await process.stdout.receive()  # type: ignore[union-attr]
+            *complete, buffer = buffer.split(b"\n")
+            lines.extend(json.loads(line) for line in complete if line.strip())
+        return found[0]
+
+    async def send(message: Any) -> None:
+        await process.stdin.send(json.dumps(message).encode() + b"\n")  # type: ignore[union-attr]
+
+    call = {"name": "fx__echo", "arguments": {"text": "x"}}
+    try:
+        with anyio.fail_after(START):
+            await send({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+                "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}})
+            await answer(1)
+            await send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+            for rid in range(100, 1000):  # until the child is listed and answers
+                await send({"jsonrpc": "2.0", "id": rid, "method": "tools/call", "params": call})
+                if not (await answer(rid))["result"].get("isError"):
+                    break
+                await anyio.sleep(0.05)
+            await send({"jsonrpc": "2.0", "id": [1], "method": "tools/call", "params": call})  # unhashable id
+            await send({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": {"a": 1}}})
+            await send({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {**call, "arguments": [1]}})
+            await send({"jsonrpc": "2.0", "id": 8, "method": "tools/call", "params": call})
+            assert (await answer(8))["result"]["content"][0]["text"] == "x"
+            assert "error" in (bad := await answer(7)) or bad["result"].get("isError")
+    finally:
+        await process.stdin.aclose()
+        with anyio.move_on_after(10):
+            await process.wait()

@@ -110,8 +110,8 @@ class FastPath:
         if connection.session.protocol_version in MODERN_PROTOCOL_VERSIONS:
             return False
         upstream_id = message["id"]
-        if upstream_id in self._by_upstream:
-            return False  # a duplicate id: the SDK answers that
+        if not _is_id(upstream_id) or upstream_id in self._by_upstream:
+            return False  # an invalid or duplicate id: the SDK answers that
         await self._relay(upstream_id, name, route.name, arguments, meta, child, connection)
         return True
 
@@ -155,7 +155,9 @@ class FastPath:
             await self._fail(child_id, errors.went_away(child, exposed))
 
     async def _cancel(self, params: Any) -> bool:
-        if not isinstance(params, dict) or (child_id := self._by_upstream.get(params.get("requestId"))) is None:
+        if not isinstance(params, dict) or not _is_id(request_id := params.get("requestId")):
+            return False
+        if (child_id := self._by_upstream.get(request_id)) is None:
             return False
         call = self._finish(child_id)
         if call is not None:
@@ -184,7 +186,8 @@ class FastPath:
             return False
         if message.get("method") == "notifications/progress":
             params = message.get("params")
-            child_id = self._by_token.get(params.get("progressToken")) if isinstance(params, dict) else None
+            token = params.get("progressToken") if isinstance(params, dict) else None
+            child_id = self._by_token.get(token) if isinstance(token, str) else None
             call = self._calls.get(child_id) if child_id is not None else None
             if call is None or params is None or call.child.name != server:
                 return child_id is not None  # progress of a call that ended, or not this child's: dropped
@@ -293,6 +296,11 @@ class FastPath:
 
 def _dumps(message: dict[str, Any]) -> bytes:
     return json.dumps(message, separators=(",", ":")).encode() + b"\n"
+
+
+def _is_id(value: Any) -> bool:
+    """A JSON-RPC request id (a string or an integer), hence usable as a key."""
+    return isinstance(value, (str, int)) and not isinstance(value, bool)
 
 
 def _live(connection: Connection) -> bool:

@@ -6,8 +6,10 @@ of each and their ratios to direct.
     .venv/bin/python bench/gateway_overhead.py --child sdk     # an SDK (MCPServer) echo child
     .venv/bin/python bench/gateway_overhead.py --profile       # also: where the supervisor spends a call
 
-Target: through the supervisor, median <= 1.3x direct and p99 <= 2x direct. FastMCP's proxy
-(`pip install -e '.[bench]'`) is the peer; it is skipped with a note when not installed.
+Targets: against an SDK child, median <= 1.3x and p99 <= 1.5x direct; against the raw fixture
+child, at most 0.5 ms added to the median. Peers in the same run: a naive proxy (the SDK's
+low-level server in front of an SDK client session) and FastMCP's proxy (`pip install -e
+'.[bench]'`; skipped with a note when not installed).
 Each leg runs in its own fresh processes; legs alternate in rounds so that drift in machine
 load hits them alike.
 """
@@ -54,6 +56,33 @@ create_proxy(config, name="proxy").run(show_banner=False)
 """
 
 
+# The naive proxy the issue measured: the SDK's low-level server in front of an SDK client session.
+NAIVE_PROXY = """
+import sys
+import anyio
+from mcp import ClientSession, StdioServerParameters, stdio_client
+from mcp.server import Server
+from mcp.server.stdio import stdio_server
+
+async def main():
+    params = StdioServerParameters(command=sys.argv[1], args=sys.argv[2:])
+    async with stdio_client(params) as (r, w), ClientSession(r, w) as child:
+        await child.initialize()
+
+        async def list_tools(ctx, params):
+            return await child.list_tools()
+
+        async def call_tool(ctx, params):
+            return await child.call_tool(params.name, params.arguments)
+
+        server = Server("naive", on_list_tools=list_tools, on_call_tool=call_tool)
+        async with stdio_server() as (read, write):
+            await server.run(read, write, server.create_initialization_options())
+
+anyio.run(main)
+"""
+
+
 def child_argv(kind: str, workdir: Path) -> list[str]:
     if kind == "fixture":
         return [sys.executable, "-u", str(FIXTURE)]
@@ -87,6 +116,9 @@ def legs(kind: str, workdir: Path, with_fastmcp: bool) -> dict[str, tuple[StdioS
             "echo__echo",
         ),
     }
+    naive = workdir / "naive_proxy.py"
+    naive.write_text(textwrap.dedent(NAIVE_PROXY))
+    found["naive"] = (StdioServerParameters(command=sys.executable, args=[str(naive), *argv], env=env), "echo")
     if with_fastmcp:
         proxy = workdir / "fastmcp_proxy.py"
         proxy.write_text(textwrap.dedent(FASTMCP_PROXY))
@@ -154,15 +186,20 @@ async def main(args: argparse.Namespace) -> None:
                 results[name] += await timed_calls(params, tool, per_round, args.warmup)
     direct_median, direct_p99 = statistics.median(results["direct"]), p99(results["direct"])
     print(f"echo tool, {args.child} child, {len(results['direct'])} calls per leg over stdio ({args.rounds} rounds)")
-    print(f"{'leg':<10}{'median ms':>11}{'p99 ms':>9}{'median x':>10}{'p99 x':>8}")
+    print(f"{'leg':<10}{'median ms':>11}{'p99 ms':>9}{'median x':>10}{'p99 x':>8}{'added ms':>10}")
     for name, values in results.items():
         median, tail = statistics.median(values), p99(values)
-        ratios = f"{median / direct_median:>10.2f}{tail / direct_p99:>8.2f}"
+        ratios = f"{median / direct_median:>10.2f}{tail / direct_p99:>8.2f}{(median - direct_median) * 1000:>10.3f}"
         print(f"{name:<10}{median * 1000:>11.3f}{tail * 1000:>9.3f}{ratios}")
     if not with_fastmcp:
         print("fastmcp: not installed (pip install -e '.[bench]'); peer leg skipped")
-    verdict = statistics.median(results["metasup"]) <= 1.3 * direct_median and p99(results["metasup"]) <= 2 * direct_p99
-    print(f"target (median <= 1.3x, p99 <= 2x direct): {'met' if verdict else 'missed'}")
+    median, tail = statistics.median(results["metasup"]), p99(results["metasup"])
+    if args.child == "sdk":
+        verdict = median <= 1.3 * direct_median and tail <= 1.5 * direct_p99
+        print(f"target (SDK child: median <= 1.3x, p99 <= 1.5x direct): {'met' if verdict else 'missed'}")
+    else:
+        verdict = median - direct_median <= 0.0005
+        print(f"target (raw child: median adds <= 0.5 ms): {'met' if verdict else 'missed'}")
     if args.profile:
         await profile_supervisor(args, plan_args=(args.child, with_fastmcp))
 
@@ -193,7 +230,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calls", type=int, default=1000, help="timed calls per leg (default 1000)")
     parser.add_argument("--warmup", type=int, default=50, help="untimed calls per leg and round first")
-    parser.add_argument("--rounds", type=int, default=4, help="alternate the legs this many times")
+    parser.add_argument("--rounds", type=int, default=10, help="alternate the legs this many times")
     parser.add_argument("--child", choices=["fixture", "sdk"], default="fixture")
     parser.add_argument("--profile", action="store_true", help="then profile the supervisor leg (cProfile)")
     anyio.run(main, parser.parse_args())

@@ -199,6 +199,19 @@ class StatusHttpSettings(_Strict):
 class ToolFilter(_Strict):
     allow: list[str] = []
     deny: list[str] = []
+    # The child's own tool name -> the name exposed after the namespace (for names clients reject).
+    rename: dict[str, str] = {}
+
+    @field_validator("rename")
+    @classmethod
+    def _renames_are_client_safe(cls, rename: dict[str, str]) -> dict[str, str]:
+        for original, name in rename.items():
+            if not NAME_PATTERN.match(name) or len(name) > MAX_EXPOSED_NAME:
+                raise ValueError(
+                    f"tools.rename: {original!r} -> {name!r}: a new name may only use A-Z a-z 0-9 _ - "
+                    f"(at most {MAX_EXPOSED_NAME} characters)"
+                )
+        return rename
 
 
 class ServerConfig(_Strict):
@@ -321,6 +334,8 @@ class SupervisorConfig(_Strict):
     replay: ReplaySettings = ReplaySettings()
     status_http: StatusHttpSettings = StatusHttpSettings()
     mcp_servers: list[ServerConfig] = []
+    # Longest exposed tool or prompt name; longer ones are cut (see docs/gateway.md). Some clients cut at 60.
+    max_tool_name: int = Field(MAX_EXPOSED_NAME, ge=16, le=MAX_EXPOSED_NAME)
 
     @field_validator("mcp_servers")
     @classmethod

@@ -17,6 +17,7 @@ import mcp_types as types
 from mcp.server import InitializationOptions, NotificationOptions, Server, ServerRequestContext
 from mcp.server.subscriptions import ListenHandler
 from mcp.shared.exceptions import MCPError
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from metasup_mcp import __version__
@@ -380,6 +381,7 @@ class SupervisorSurface:
             on_read_resource=self._read_resource,
             on_list_prompts=self._list_prompts,
             on_get_prompt=self._get_prompt,
+            on_completion=self._complete,  # declares `completions`; children's prompts and templates
             # 2026-07-28 clients hear of list changes only through subscriptions/listen.
             on_subscriptions_listen=ListenHandler(self.gateway.upstream.bus),
         )
@@ -389,8 +391,26 @@ class SupervisorSurface:
         server.add_request_handler("logging/setLevel", types.SetLevelRequestParams, self._set_logging_level)
         # The SDK wraps every request in an OpenTelemetry span by default; nothing here exports
         # traces, and on a relayed call the span costs as much as the supervisor's own work.
-        server.middleware = []
+        server.middleware = [self._cached_tool_list]
         return server
+
+    async def _cached_tool_list(self, ctx: ServerRequestContext[Any], call_next: Any) -> Any:
+        """Serve `tools/list` to an initialized legacy-era client from the gateway's ready-made
+        wire form (the SDK's per-request check of 1,000 tools cost 26 ms); everything else,
+        and modern-era clients (whose results the SDK stamps), go the usual way."""
+        connection = getattr(ctx.session, "_connection", None)  # the SDK gives handlers no public handle
+        if (
+            ctx.method != "tools/list"
+            or ctx.protocol_version in MODERN_PROTOCOL_VERSIONS
+            or not getattr(connection, "initialize_accepted", False)
+        ):
+            return await call_next(ctx)
+        self.gateway.upstream.attach(ctx.session)
+        await self.gateway.first_listing()
+        return self.gateway.tool_list_wire(self._own_tools, ctx.protocol_version)
+
+    def _own_tools(self) -> list[types.Tool]:
+        return [tool.definition() for tool in self.tools.values()]
 
     @staticmethod
     def initialization_options(server: Server[Any]) -> Any:
@@ -460,6 +480,13 @@ class SupervisorSurface:
         if result is None:
             raise MCPError(types.INVALID_PARAMS, f"unknown prompt {params.name!r}; prompts/list shows them")
         return result
+
+    async def _complete(
+        self, ctx: ServerRequestContext[Any], params: types.CompleteRequestParams
+    ) -> dict[str, Any] | types.CompleteResult:
+        forwarded = await self.gateway.complete(ctx, params)
+        # The supervisor's own prompts and templates offer no suggestions.
+        return forwarded if forwarded is not None else types.CompleteResult(completion=types.Completion(values=[]))
 
     async def _call_tool(
         self, ctx: ServerRequestContext[Any], params: types.CallToolRequestParams

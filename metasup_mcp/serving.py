@@ -30,6 +30,9 @@ async def serve_stdio(config: Config, args: argparse.Namespace) -> None:
         options = surface.initialization_options(server)
         with wire() as pipes:
             if pipes is not None:
+                # Calls of child tools are relayed as raw lines where they can be (gateway/fastpath.py).
+                pipes[0].intercept = supervisor.gateway.fastpath.on_upstream_line
+                supervisor.gateway.fastpath.write_upstream = pipes[1].send_raw
                 await server.run(*pipes, options)
             else:  # stdin or stdout is a regular file: the SDK's threaded transport
                 async with stdio_server() as (read, write):

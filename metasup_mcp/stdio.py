@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import stat
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 
 import anyio
@@ -39,11 +39,25 @@ class WireReader(BorrowedStream):
         self._lines: deque[bytes] = deque()
         self._splitter = LineSplitter(MAX_MESSAGE_BYTES)
         self._eof = False
+        # Sees every line first; True takes it away from the server (the gateway's raw relay).
+        self.intercept: Callable[[bytes], Awaitable[bool]] | None = None
 
     def __aiter__(self) -> WireReader:
         return self
 
     async def __anext__(self) -> SessionMessage | Exception:
+        while True:
+            message = await self._next_line()
+            if isinstance(message, Exception) or self.intercept is None or not await self.intercept(message):
+                break
+        if isinstance(message, Exception):
+            return message
+        try:
+            return SessionMessage(types.jsonrpc_message_adapter.validate_json(message, by_name=False))
+        except ValueError as exc:
+            return exc
+
+    async def _next_line(self) -> bytes | Exception:
         while not self._lines:
             if self._eof:
                 raise StopAsyncIteration
@@ -59,10 +73,7 @@ class WireReader(BorrowedStream):
             self._lines.extend(line for line in self._splitter.feed(chunk) if line.strip())
             if self._splitter.overlong > before:
                 return ValueError(f"a message over {MAX_MESSAGE_BYTES} bytes was dropped")
-        try:
-            return SessionMessage(types.jsonrpc_message_adapter.validate_json(self._lines.popleft(), by_name=False))
-        except ValueError as exc:
-            return exc
+        return self._lines.popleft()
 
 
 class WireWriter(BorrowedStream):
@@ -70,10 +81,16 @@ class WireWriter(BorrowedStream):
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
-        self._lock = anyio.Lock()
+        # fast_acquire: an uncontended write does not yield to the event loop first (a loop
+        # iteration is a measurable part of a relayed call).
+        self._lock = anyio.Lock(fast_acquire=True)
 
     async def send(self, message: SessionMessage) -> None:
-        data = memoryview(message.message.model_dump_json(by_alias=True, exclude_unset=True).encode() + b"\n")
+        await self.send_raw(message.message.model_dump_json(by_alias=True, exclude_unset=True).encode() + b"\n")
+
+    async def send_raw(self, line: bytes) -> None:
+        """Write one message line (newline included) as it is."""
+        data = memoryview(line)
         async with self._lock:  # a partial write must not interleave with another message
             while data:
                 try:

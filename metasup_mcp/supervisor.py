@@ -68,7 +68,7 @@ class Supervisor:
             ),
             self._on_child_event,
         )
-        self.gateway = Gateway(self.manager)  # sets each child's session hooks
+        self.gateway = Gateway(self.manager, self.settings.max_tool_name)  # sets each child's session hooks
         self.child_events = EventHub()  # live child events for the safety loop's watchers
         self.replay = ReplaySamples(self.settings.state_dir / "replay.json", self.settings.replay)
         self.changes = ChangeService(

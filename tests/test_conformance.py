@@ -34,7 +34,6 @@ FIXTURE = ROOT / "tests" / "fixtures" / "conformance_server.py"
 
 # Passing directly, failing through the supervisor, by design (docs/gateway.md).
 EXPECTED_THROUGH = {
-    "completion-complete": "completion/complete is not relayed to children",
     "resources-read-text": "child resources are re-addressed as metasup://ns/<namespace>/<uri>; the suite reads test://",
     "resources-read-binary": "child resources are re-addressed as metasup://ns/<namespace>/<uri>; the suite reads test://",
     "resources-templates-read": "child resources are re-addressed as metasup://ns/<namespace>/<uri>; the suite reads test://",

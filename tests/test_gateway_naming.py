@@ -11,6 +11,7 @@ from metasup_mcp.gateway.catalog import ClaimBook, Offer, build_index
 from metasup_mcp.gateway.naming import (
     address_uri,
     allowed,
+    client_safe_name,
     exposed_name,
     name_problem,
     resolve_uri,
@@ -65,6 +66,16 @@ def test_names_split_on_the_first_separator_and_bare_names_have_no_namespace() -
     assert exposed_name("fx", "add") == "fx__add" and exposed_name("", "add") == "add"
     assert split_name("fx__do__it") == ("fx", "do__it")
     assert split_name("plain") == ("", "plain")
+
+
+def test_names_clients_reject_are_made_safe_and_cut_names_stay_apart() -> None:
+    assert client_safe_name("fx", "files.read") == "fx__files_read"
+    assert client_safe_name("fx", "ünï code/x") == "fx__uni_code_x"
+    assert client_safe_name("", "ok-name") == "ok-name"
+    cut_a, cut_b = client_safe_name("fx", "a" * 80, 60), client_safe_name("fx", "a" * 81, 60)
+    assert cut_a and cut_b and len(cut_a) == len(cut_b) == 60 and cut_a != cut_b
+    assert cut_a == client_safe_name("fx", "a" * 80, 60)  # stable across listings
+    assert client_safe_name("n" * 58, "tools", 64) is None  # the namespace leaves no room
 
 
 def test_name_problems_name_the_tool_the_server_and_a_way_out() -> None:

@@ -222,7 +222,22 @@ def test_a_stable_run_resets_the_backoff_and_the_window(clock: FakeClock) -> Non
     run_for(sm, clock, 120)
     assert sm.consecutive_restarts == 0  # applied lazily, while still running
     decision = sm.process_exited(1, "crashed")
-    assert decision.state is S.BACKOFF and decision.restart_in == 1.0
+    assert decision.state is S.BACKOFF and decision.restart_in == 0.0  # see the next test
+
+
+def test_the_first_failure_after_a_stable_run_restarts_at_once_and_the_next_backs_off(clock: FakeClock) -> None:
+    sm = machine(clock, backoff_jitter=0.0, stable_after=30)
+    run_for(sm, clock, 31)
+    decision = sm.process_exited(1, "crashed")
+    assert decision.state is S.BACKOFF and decision.restart_in == 0.0 and sm.next_start_at == clock.now
+    assert crash_after(sm, clock, 2).restart_in == 1.0  # not stable: the usual backoff from backoff_initial
+    assert crash_after(sm, clock, 2).restart_in == 2.0
+    assert crash_after(sm, clock, 29).restart_in == 4.0  # under stable_after
+
+
+def test_a_child_that_never_ran_stable_gets_the_usual_backoff_on_its_first_failure(clock: FakeClock) -> None:
+    sm = machine(clock, backoff_jitter=0.0, stable_after=30)
+    assert crash_after(sm, clock, 29).restart_in == 1.0
 
 
 def test_a_run_shorter_than_stable_after_keeps_the_backoff_growing(clock: FakeClock) -> None:

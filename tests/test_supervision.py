@@ -261,6 +261,24 @@ async def test_a_kill_9_brings_a_new_pid_no_earlier_than_the_backoff_allows(supe
     assert status(supervisor, "victim")["restarts"] == 2
 
 
+@pytest.mark.servers(
+    fixture_server("steady"), min_runtime="0.2s", restart={"backoff_initial": "30s", "backoff_max": "60s", "stable_after": "0.5s"}
+)
+async def test_a_child_killed_after_a_stable_run_restarts_at_once_and_its_next_crash_backs_off(
+    supervisor: Supervisor,
+) -> None:
+    child = await running(supervisor, "steady")
+    await anyio.sleep(0.6)  # past stable_after (what is measured is a run's length, nothing to poll for)
+    pid = child.pid
+    os.kill(pid, signal.SIGKILL)
+    exited_at = await next_exit(child, timeout=SLACK)
+    await running(supervisor, "steady")  # a 30 s backoff would fail this
+    assert child.pid != pid and child.machine.started_at - exited_at < 1.0
+    os.kill(child.pid, signal.SIGKILL)  # at once again: not a stable run, so the 30 s backoff applies
+    await next_exit(child, timeout=SLACK)
+    assert child.state is ChildState.BACKOFF and child.machine.next_start_at - anyio.current_time() > 20
+
+
 @pytest.mark.servers(fixture_server("a"), fixture_server("b"), max_failures=3, min_runtime="5s")
 async def test_consecutive_failed_starts_across_children_stop_everything_until_recover(
     supervisor: Supervisor,

@@ -73,6 +73,8 @@ class SessionHooks:
     logging: LoggingFnT | None = None
     # Every other server notification of a live session (progress, list_changed, ...).
     notification: Callable[[ManagedChild, Any], Awaitable[None]] | None = None
+    # Sees each line the child writes before its session does; True takes the line away.
+    raw_line: Callable[[bytes], Awaitable[bool]] | None = None
 
 
 @dataclass
@@ -125,6 +127,7 @@ class ManagedChild:
         # Runs before every spawn (the on-disk guard puts uncommitted edits on trial there).
         self.before_start: Callable[[ManagedChild], Awaitable[None]] | None = None
         self.supervising = False
+        self._tools_stale = self._relisting_tools = False  # see _relist_tools
 
     @property
     def state(self) -> ChildState:
@@ -257,6 +260,7 @@ class ManagedChild:
             async with spawn_child(spec, self._on_stderr) as streams:
                 self.pid = streams.process.pid
                 self.process = streams.process
+                streams.read.intercept = self.hooks.raw_line
                 try:
                     reason = await self._serve(streams.process, streams.read, streams.write, stop)
                 except Exception as exc:  # noqa: BLE001 — whatever a child does, the supervisor lives on
@@ -341,7 +345,7 @@ class ManagedChild:
         self._notify()
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._mark_stable)
-            verdict, detail = await self._watch_health(process, session)
+            verdict, detail = await self._watch_health(process)
             self.machine.health_restart(verdict)
             self._notify()
             if verdict == HealthReason.HUNG:
@@ -366,7 +370,7 @@ class ManagedChild:
                     logger.info("%s refused initialize (%s); trying server/discover", self.name, refused)
                     capabilities = (await session.discover()).capabilities
                 self.server_capabilities = capabilities
-                self.tools = await _list_all_tools(session) if capabilities.tools is not None else []
+                self.tools = await _list_all_tools(session, self.name) if capabilities.tools is not None else []
         except TimeoutError:
             return f"handshake: no answer to initialize/tools/list within {self.config.handshake_timeout:g}s"
         except MCPError as exc:
@@ -377,7 +381,7 @@ class ManagedChild:
             return f"handshake: malformed answer ({exc.error_count()} problems: {exc.errors()[0]['msg']})"
         return None
 
-    async def _watch_health(self, process: ChildProcess, session: ClientSession) -> tuple[str, str]:
+    async def _watch_health(self, process: ChildProcess) -> tuple[str, str]:
         """Sample and probe every `interval`; return (reason, detail) once a restart is due.
 
         Ticks keep a fixed cadence and each probe runs beside it, so a probe waiting out its
@@ -387,7 +391,8 @@ class ManagedChild:
         checks = self._supervision.health
         tracker = self._health
         tracker.reset()
-        # psutil reads /proc for the whole tree: off the event loop, like every other blocking call.
+        # A scan of /proc runs off the event loop; a sample of a known tree is a few small reads
+        # (see TreeSampler.blocks), cheaper inline than a worker thread each second per child.
         sampler = await blocking(TreeSampler, process.pid)  # its first reading primes cpu_percent
         due: list[str] = []
         breached = anyio.Event()
@@ -398,7 +403,7 @@ class ManagedChild:
                 breached.set()
 
         async def probe() -> None:
-            probe_ms = await _probe(session, checks.probe_timeout)
+            probe_ms = await process.ping(checks.probe_timeout)
             if not due:
                 judge(tracker.observe_probe(probe_ms is not None, probe_ms))
 
@@ -410,7 +415,8 @@ class ManagedChild:
                 with anyio.move_on_after(tick - anyio.current_time()):
                     await breached.wait()
                 if not due:
-                    judge(tracker.observe_sample(await blocking(sampler.sample)))
+                    sample = await blocking(sampler.sample) if sampler.blocks else sampler.sample()
+                    judge(tracker.observe_sample(sample))
                 if not due:
                     probes.start_soon(probe)
             probes.cancel_scope.cancel()
@@ -430,14 +436,28 @@ class ManagedChild:
             return
         try:
             if isinstance(message, types.ToolListChangedNotification) and self.connection is not None:
-                with anyio.move_on_after(self.config.call_timeout):
-                    self.tools = await _list_all_tools(self.connection.session)
-                    self._event("tools_changed", tools=len(self.tools))
+                await self._relist_tools(self.connection)
             if self.hooks.notification is not None:
                 await self.hooks.notification(self, message)
         except (MCPError, ValidationError, anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
             # A notification the child mishandles must not end its session, let alone the supervisor.
             logger.warning("%s: could not act on %s: %s", self.name, type(message).__name__, exc)
+
+    async def _relist_tools(self, connection: Connection) -> None:
+        """Re-list tools after `tools/list_changed`, coalesced: each notification runs in its own
+        task, so a burst of them gives one listing in flight and at most one more after it."""
+        self._tools_stale = True
+        if self._relisting_tools:
+            return
+        self._relisting_tools = True
+        try:
+            while self._tools_stale and connection is self.connection:
+                self._tools_stale = False
+                with anyio.move_on_after(self.config.call_timeout):
+                    self.tools = await _list_all_tools(connection.session, self.name)
+                    self._event("tools_changed", tools=len(self.tools))
+        finally:
+            self._relisting_tools = False
 
     def _on_stderr(self, line: str) -> None:
         self.stderr.add(line, self.generation)
@@ -456,31 +476,36 @@ async def _then(wait: Callable[[], Awaitable[Any]], finish: Callable[[str], None
     finish(why)
 
 
-async def _list_all_tools(session: ClientSession) -> list[types.Tool]:
+async def _list_all_tools(session: ClientSession, server: str) -> list[types.Tool]:
+    """Every page of the child's tools.
+
+    A child that declares `tools` but answers "method not found" has none (its resources and
+    prompts stay reachable). A cursor the child already sent ends the listing with what was
+    listed so far, and a warning: otherwise a child repeating its `nextCursor` is asked forever.
+    """
     tools: list[types.Tool] = []
     cursor: str | None = None
+    seen: set[str] = set()
     while True:
         params = types.PaginatedRequestParams(cursor=cursor) if cursor else None
-        page = await session.list_tools(params=params)
+        try:
+            page = await session.list_tools(params=params)
+        except MCPError as exc:
+            if exc.code != types.METHOD_NOT_FOUND:
+                raise
+            logger.warning("%s declares tools but answers tools/list with %r: treated as offering none", server, exc.message)
+            return tools
         tools.extend(page.tools)
         cursor = page.next_cursor
         if not cursor:
             return tools
-
-
-async def _probe(session: ClientSession, timeout: float) -> float | None:
-    """MCP liveness: any JSON-RPC answer, an error included, proves the child is reading."""
-    started = anyio.current_time()
-    try:
-        with anyio.fail_after(timeout):
-            await session.send_ping()
-    except (MCPError, ValidationError):
-        pass  # "method not found", or a malformed answer, is an answer too
-    except TimeoutError:
-        return None
-    except (anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.EndOfStream):
-        return None
-    return round((anyio.current_time() - started) * 1000, 2)
+        if cursor in seen:
+            logger.warning(
+                "%s sent tools/list cursor %.80r twice: listing stopped at %d tools (a bug in the server)",
+                server, cursor, len(tools),
+            )
+            return tools
+        seen.add(cursor)
 
 
 def _health_detail(reason: str, figures: HealthFigures, checks: HealthChecks) -> str:

@@ -21,10 +21,12 @@ import anyio
 import httpx2
 from mcp.client.streamable_http import streamable_http_client
 from mcp.client.session import ClientSession
+from mcp.shared.exceptions import MCPError
+from pydantic import ValidationError
 from mcp.shared._httpx_utils import create_mcp_http_client
 
 from metasup_mcp.children.breaker import CircuitBreaker
-from metasup_mcp.children.child import EventSink, ManagedChild, Supervision, _probe
+from metasup_mcp.children.child import EventSink, ManagedChild, Supervision
 from metasup_mcp.children.health import HealthReason
 from metasup_mcp.children.state import ExitDecision
 from metasup_mcp.config import ServerConfig
@@ -96,8 +98,10 @@ class RemoteChild(ManagedChild):
         if self.breaker.record_success():
             logger.info("%s: reconnected, circuit closed", self.name)
 
-    async def _watch_health(self, process: Any, session: ClientSession) -> tuple[str, str]:
+    async def _watch_health(self, process: Any) -> tuple[str, str]:
         """Ping every `interval`; after `failure_threshold` unanswered pings in a row, reconnect."""
+        assert self.connection is not None  # set by the handshake before the watch starts
+        session = self.connection.session
         self._on_handshake()
         checks = self._supervision.health
         tracker = self._health
@@ -118,3 +122,21 @@ def _describe(exc: BaseException) -> str:
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
         exc = exc.exceptions[0]
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+async def _probe(session: ClientSession, timeout: float) -> float | None:
+    """MCP liveness: any JSON-RPC answer, an error included, proves the server is answering.
+
+    Returns the round trip in ms, or None when no answer came within `timeout` seconds.
+    """
+    started = anyio.current_time()
+    try:
+        with anyio.fail_after(timeout):
+            await session.send_ping()
+    except (MCPError, ValidationError):
+        pass  # "method not found", or a malformed answer, is an answer too
+    except TimeoutError:
+        return None
+    except (anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.EndOfStream):
+        return None
+    return round((anyio.current_time() - started) * 1000, 2)

@@ -6,6 +6,7 @@ in tests. `ManagedChild` drives it with events and acts on what it answers.
 
     stopped/exited/fatal/backoff --begin_start--> starting --handshake_ok--> running
     starting/running --process_exited--> backoff | exited | fatal
+                                          (backoff of 0 s after a run past stable_after)
     starting/running --health_restart--> stopping --process_exited--> backoff | fatal
     starting/running --begin_stop--> stopping --process_exited/stopped--> stopped
     backoff --begin_stop--> stopped            (no process to wait for)
@@ -225,6 +226,7 @@ class ChildStateMachine:
             self.running_since is None or uptime < self.policy.min_runtime
         )
         self.last_exit = ExitInfo(returncode, health_reason or reason, now, uptime, early)
+        stable = self.running_since is not None and now - self.running_since >= self.policy.stable_after
         self.running_since = None
         if requested:
             return self._decide(ChildState.STOPPED, None, early)
@@ -237,6 +239,12 @@ class ChildStateMachine:
             self._window.popleft()
         if len(self._window) > self.policy.max_restarts:
             return self._decide(ChildState.FATAL, None, early)
+        if stable and self._consecutive == 0:
+            # The first failure after a stable run restarts at once (supervisord/OTP do the
+            # same): a crash after hours of service is an incident, not a loop to slow down.
+            # Later failures back off from backoff_initial as usual.
+            self.next_start_at = now
+            return self._decide(ChildState.BACKOFF, 0.0, early)
         self._consecutive += 1
         delay = self._backoff(self._consecutive)
         self.next_start_at = now + delay

@@ -16,7 +16,15 @@ from typing import Literal, TypeVar
 import mcp_types as types
 
 from metasup_mcp.config import ServerConfig
-from metasup_mcp.gateway.naming import address_uri, allowed, exposed_name, name_problem, resource_key
+from metasup_mcp.gateway.naming import (
+    MAX_NAME_LENGTH,
+    address_uri,
+    allowed,
+    client_safe_name,
+    exposed_name,
+    name_problem,
+    resource_key,
+)
 
 Kind = Literal["tools", "prompts", "resources"]
 _Named = TypeVar("_Named", types.Tool, types.Prompt)
@@ -89,15 +97,17 @@ def build_index(
     reserved_tools: Iterable[str],
     reserved_prompts: Iterable[str],
     claims: ClaimBook,
+    max_name: int = MAX_NAME_LENGTH,
 ) -> Index:
-    """Merge every server's offer, in config order, into one namespaced index."""
+    """Merge every server's offer, in config order, into one namespaced index; exposed tool and
+    prompt names are at most `max_name` characters (`max_tool_name`)."""
     index = Index(problems={server.name: [] for server in servers})
     live: set[tuple[str, str, str]] = set()
     index.tools, index.tool_list = _merge_named(
-        "tool", servers, offers, set(reserved_tools), claims, live, index.problems
+        "tool", servers, offers, set(reserved_tools), claims, live, index.problems, max_name
     )
     index.prompts, index.prompt_list = _merge_named(
-        "prompt", servers, offers, set(reserved_prompts), claims, live, index.problems
+        "prompt", servers, offers, set(reserved_prompts), claims, live, index.problems, max_name
     )
     claims.keep_only(live)
     for server in servers:
@@ -119,6 +129,7 @@ def _merge_named(
     claims: ClaimBook,
     live: set[tuple[str, str, str]],
     problems: dict[str, list[str]],
+    max_name: int,
 ) -> tuple[dict[str, Route], list[_Named]]:
     candidates: dict[str, list[tuple[int, ServerConfig, _Named]]] = {}
     for server in servers:
@@ -127,8 +138,14 @@ def _merge_named(
         for item in items:
             if kind == "tool" and not allowed(server.tools, item.name):
                 continue
-            exposed = exposed_name(server.exposed_namespace, item.name)
-            problem = name_problem(server.name, kind, item.name, exposed)
+            renamed = server.tools.rename.get(item.name) if kind == "tool" else None
+            if renamed is not None:
+                exposed = exposed_name(server.exposed_namespace, renamed)
+            else:
+                exposed = client_safe_name(server.exposed_namespace, item.name, max_name) or exposed_name(
+                    server.exposed_namespace, item.name
+                )
+            problem = name_problem(server.name, kind, item.name, exposed, max_name)
             if problem is None and exposed in reserved:
                 problem = (
                     f"{kind} {item.name!r} of server {server.name!r} would be exposed as {exposed!r}, the name of "
@@ -148,7 +165,9 @@ def _merge_named(
         routes[exposed] = Route(owner.name, item.name)
         listing.append(item if item.name == exposed else item.model_copy(update={"name": exposed}))
         for _, other, other_item in offered[1:]:
-            way_out = f", or add {other_item.name!r} to its `tools.deny`" if kind == "tool" else ""
+            way_out = (
+                f", name it in its `tools.rename`, or add {other_item.name!r} to its `tools.deny`" if kind == "tool" else ""
+            )
             problems[other.name].append(
                 f"{kind} {other_item.name!r} of server {other.name!r} would be exposed as {exposed!r}, which server "
                 f"{owner.name!r} already offers (kept there): give {other.name!r} its own `namespace` in "

@@ -19,8 +19,8 @@ import functools
 import logging
 import math
 from collections.abc import Callable, Iterable
-from types import SimpleNamespace
 from time import perf_counter
+from types import SimpleNamespace
 from typing import Any
 
 import anyio
@@ -28,17 +28,20 @@ import mcp_types as types
 from anyio.abc import TaskGroup
 from mcp.server import ServerRequestContext
 from mcp.shared.exceptions import MCPError
+from mcp_types.methods import serialize_server_result
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import TypeAdapter, ValidationError
 
 from metasup_mcp.children.child import ChildEvent, Connection, ManagedChild
 from metasup_mcp.children.manager import ServerManager
+from metasup_mcp.children.process import UNUSABLE_ANSWER
 from metasup_mcp.children.state import ChildState
 from metasup_mcp.gateway import errors
 from metasup_mcp.gateway.catalog import ClaimBook, Index, Kind, Offer, build_index
 from metasup_mcp.gateway.errors import Unanswered
+from metasup_mcp.gateway.fastpath import FastPath
 from metasup_mcp.gateway.listing import list_offer
-from metasup_mcp.gateway.naming import address_uri, resolve_uri, resource_key
+from metasup_mcp.gateway.naming import MAX_NAME_LENGTH, address_uri, resolve_uri, resource_key
 from metasup_mcp.gateway.stats import CallStats, Histogram
 from metasup_mcp.gateway.upstream import Upstream, Via, session_hooks
 
@@ -51,7 +54,8 @@ _RAW: TypeAdapter[Any] = TypeAdapter(Any)
 
 
 class Gateway:
-    def __init__(self, manager: ServerManager) -> None:
+    def __init__(self, manager: ServerManager, max_tool_name: int = MAX_NAME_LENGTH) -> None:
+        self._max_tool_name = max_tool_name
         self._children: dict[str, ManagedChild] = {child.name: child for child in manager}
         self._servers = [child.config for child in manager]
         # config.py refuses two servers with one key, and namespaces too long for any tool.
@@ -70,15 +74,17 @@ class Gateway:
         self._reserved_tools: frozenset[str] = frozenset()
         self._reserved_prompts: frozenset[str] = frozenset()
         self._index = Index()
+        self._index_version = 0  # counts rebuilds of the index
+        self._tool_list_wire: tuple[tuple[int, str], dict[str, Any]] | None = None  # see tool_list_wire
         self._reported: dict[str, str | None] = {name: None for name in self._children}
         self._tg: TaskGroup | None = None
         # Told of each successful call to a readOnlyHint tool (the replay sample; None: off).
         self.on_read_only_result: Callable[[str, dict[str, Any] | None, dict[str, Any]], None] | None = None
         self._read_only: tuple[Index | None, frozenset[str]] = (None, frozenset())
         self._scopes: dict[str, anyio.CancelScope] = {}  # per child: its refresh and watch tasks
+        self.fastpath = FastPath(self)  # the raw relay of tools/call on the stdio wire
         for child in manager:
-            via, mark = functools.partial(self._via, child), functools.partial(self._mark, child.name)
-            child.hooks = session_hooks(child.name, self.upstream, via, mark)
+            self._hook(child)
 
     # -- lifecycle and events (from the Supervisor) ----------------------------------------
 
@@ -87,6 +93,7 @@ class Gateway:
         async with anyio.create_task_group() as tg:
             self._tg = tg
             try:
+                tg.start_soon(self.fastpath.run, name="gateway raw relay timeouts")
                 for child in self._children.values():
                     self._watch(child)
                 await anyio.sleep_forever()
@@ -105,6 +112,12 @@ class Gateway:
 
         self._tg.start_soon(keep_current)
 
+    def _hook(self, child: ManagedChild) -> None:
+        """Route what `child` asks of the upstream client, and its raw answers, through us."""
+        via, mark = functools.partial(self._via, child), functools.partial(self._mark, child.name)
+        child.hooks = session_hooks(child.name, self.upstream, via, mark)
+        child.hooks.raw_line = functools.partial(self.fastpath.on_child_line, child.name)
+
     def attach(self, child: ManagedChild) -> None:
         """Serve `child` from now on (a reload's new or restored server): it is listed once it starts."""
         name = child.name
@@ -113,7 +126,7 @@ class Gateway:
         self._by_key = {server.resource_key: server.name for server in self._servers}
         self._offers[name], self._stats[name], self._pending[name] = Offer(), CallStats(), set()
         self._wake[name], self._inflight[name], self._reported[name] = anyio.Event(), {}, None
-        child.hooks = session_hooks(name, self.upstream, functools.partial(self._via, child), functools.partial(self._mark, name))
+        self._hook(child)
         if self._tg is not None:
             self._watch(child)
 
@@ -175,6 +188,20 @@ class Gateway:
     def tools(self) -> list[types.Tool]:
         return self._index.tool_list
 
+    def tool_list_wire(self, own: Callable[[], list[types.Tool]], version: str) -> dict[str, Any]:
+        """`tools/list`'s result in wire form for `version`, the supervisor's `own` tools first:
+        built once per change of the lists and served as it is. The SDK's per-request check
+        and serialisation of a result cost 26 ms for 1,000 tools; an unchanged list needs it
+        once (see `mcp_server.SupervisorSurface`, which serves it to legacy-era clients)."""
+        key = (self._index_version, version)
+        cached = self._tool_list_wire
+        if cached is None or cached[0] != key:
+            dumped = types.ListToolsResult(tools=[*own(), *self._index.tool_list]).model_dump(
+                by_alias=True, mode="json", exclude_none=True
+            )
+            cached = self._tool_list_wire = (key, serialize_server_result("tools/list", version, dumped))
+        return cached[1]
+
     def prompts(self) -> list[types.Prompt]:
         return self._index.prompt_list
 
@@ -202,7 +229,9 @@ class Gateway:
         child, stats = self._children[route.server], self._stats[route.server]
         stats.calls += 1
         started = perf_counter()
-        request = types.CallToolRequest(params=types.CallToolRequestParams(name=route.name, arguments=arguments))
+        request = types.CallToolRequest(
+            params=types.CallToolRequestParams(name=route.name, arguments=arguments, meta=_forwarded_meta(ctx.meta))
+        )
         progress = ctx.session.report_progress if _wants_progress(ctx.meta) else None
         try:
             raw = await self._forward(ctx, child, request, name, progress)
@@ -257,7 +286,9 @@ class Gateway:
         server = self._by_key.get(key)
         if server is None:
             raise MCPError(types.INVALID_PARAMS, f"no server addresses its resources as {key!r}: {uri}")
-        request = types.ReadResourceRequest(params=types.ReadResourceRequestParams(uri=original))
+        request = types.ReadResourceRequest(
+            params=types.ReadResourceRequestParams(uri=original, meta=_forwarded_meta(ctx.meta))
+        )
         raw = await self._forward_or_raise(ctx, self._children[server], request, uri)
         for contents in raw.get("contents") or ():
             if isinstance(contents.get("uri"), str):
@@ -273,8 +304,36 @@ class Gateway:
             await self.first_listing()
             if (route := self._index.prompts.get(name)) is None:
                 return None
-        request = types.GetPromptRequest(params=types.GetPromptRequestParams(name=route.name, arguments=arguments))
+        request = types.GetPromptRequest(
+            params=types.GetPromptRequestParams(name=route.name, arguments=arguments, meta=_forwarded_meta(ctx.meta))
+        )
         return await self._forward_or_raise(ctx, self._children[route.server], request, name)
+
+    async def complete(
+        self, ctx: ServerRequestContext[Any], params: types.CompleteRequestParams
+    ) -> dict[str, Any] | None:
+        """Forward `completion/complete` for a child's prompt or resource template under the
+        child's own name or URI; None if the reference is not a child's. A child that does not
+        declare `completions` gets no request: it has no suggestions."""
+        ref = params.ref
+        if isinstance(ref, types.PromptReference):
+            route = self._index.prompts.get(ref.name)
+            if route is None:
+                return None
+            server, own_ref, what = route.server, ref.model_copy(update={"name": route.name}), ref.name
+        else:
+            what = ref.uri
+            resolved = resolve_uri(ref.uri)
+            if resolved is None or (server := self._by_key.get(resolved[0])) is None:
+                return None
+            own_ref = ref.model_copy(update={"uri": resolved[1]})
+        child = self._children[server]
+        if child.server_capabilities is not None and child.server_capabilities.completions is None:
+            return {"completion": {"values": []}}
+        request = types.CompleteRequest(
+            params=params.model_copy(update={"ref": own_ref, "meta": _forwarded_meta(ctx.meta)})
+        )
+        return await self._forward_or_raise(ctx, child, request, f"completion of {what}")
 
     async def _forward_or_raise(
         self, ctx: ServerRequestContext[Any], child: ManagedChild, request: Any, what: str
@@ -304,10 +363,16 @@ class Gateway:
                     raw.setdefault("resultType", "complete")  # required from 2026-07-28; children may be older
                 return raw
         except MCPError as exc:
+            if exc.data == UNUSABLE_ANSWER:
+                raise errors.child_error(child, what, f"sent an answer the supervisor cannot use: {exc.message}") from None
             if exc.code != types.CONNECTION_CLOSED:
                 raise errors.child_error(child, what, f"answered with an error: {exc.message}", exc.code) from None
         except ValidationError as exc:
-            raise errors.child_error(child, what, f"sent a malformed answer ({exc.error_count()} errors)") from None
+            first = exc.errors()[0]
+            where = ".".join(map(str, first["loc"])) or "result"
+            raise errors.child_error(
+                child, what, f"sent a malformed answer ({exc.error_count()} problems; {where}: {first['msg']})"
+            ) from None
         finally:
             del calls[scope]
         if scope.cancelled_caught and _live(connection):
@@ -379,12 +444,14 @@ class Gateway:
         if connection is None or not _live(connection):
             return previous  # restarting: its tools stay listed
         capabilities = child.server_capabilities or types.ServerCapabilities()
-        return await list_offer(connection.session, capabilities, child.tools, previous, what)
+        return await list_offer(connection.session, capabilities, child.tools, previous, what, child.name)
 
     def _reindex(self) -> set[Kind]:
         before = self._index
+        self._index_version += 1
         self._index = build_index(
-            self._servers, self._offers, self._reserved_tools, self._reserved_prompts, self._claims
+            self._servers, self._offers, self._reserved_tools, self._reserved_prompts, self._claims,
+            self._max_tool_name,
         )
         for name, problems in self._index.problems.items():
             self._report(self._children[name], problems)
@@ -442,6 +509,20 @@ def _first_start(child: ManagedChild) -> bool:
 def _wants_progress(meta: Any) -> bool:
     """The caller sent a progress token (parsed `_meta` names it `progress_token`)."""
     return bool(meta) and (meta.get("progress_token") is not None or meta.get("progressToken") is not None)
+
+
+# Keys of `_meta` the supervisor sets itself on the hop to the child: the progress token (its
+# own, so that progress is routed back here) and the reserved 2026-07-28 keys (per connection).
+_OWN_META = ("progress_token", "progressToken")
+_RESERVED_META_PREFIX = "io.modelcontextprotocol/"
+
+
+def _forwarded_meta(meta: Any) -> dict[str, Any] | None:
+    """The caller's request `_meta` as the child should see it (`traceparent` and the like pass)."""
+    if not meta:
+        return None
+    kept = {k: v for k, v in meta.items() if k not in _OWN_META and not k.startswith(_RESERVED_META_PREFIX)}
+    return kept or None
 
 
 def _readdress_links(content: list[dict[str, Any]], key: str) -> None:

@@ -2,7 +2,9 @@
 
 Tools and prompts: `<namespace>__<name>` (bare `<name>` when the namespace is ""); split on
 the first `__`. Exposed names must match `[A-Za-z0-9_-]{1,64}` (what Claude Desktop and most
-clients accept); anything else is refused with a message that names the tool and a way out.
+clients accept) and fit `max_tool_name`: a child's name that does not is exposed sanitized
+(`client_safe_name`) or under the name its server's `tools.rename` gives it; a configured name
+that still does not fit is refused with a message that names the tool and a way out.
 
 Resources: `metasup://ns/<key>/<original URI, verbatim>`. The key is the server's namespace
 (or its name made name-safe where the namespace is ""); it cannot contain `/`, so the first `/`
@@ -13,7 +15,9 @@ are, so a client expands them exactly as it would have expanded the child's own 
 
 from __future__ import annotations
 
+import hashlib
 import re
+import unicodedata
 from fnmatch import fnmatchcase
 
 from metasup_mcp.config import MAX_EXPOSED_NAME, ServerConfig, ToolFilter
@@ -21,12 +25,38 @@ from metasup_mcp.config import MAX_EXPOSED_NAME, ServerConfig, ToolFilter
 SEPARATOR = "__"
 MAX_NAME_LENGTH = MAX_EXPOSED_NAME
 EXPOSED_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_SAFE_CHARS = re.compile(r"[A-Za-z0-9_-]+")
+_UNSAFE_CHAR = re.compile(r"[^A-Za-z0-9_-]")
+_HASH_TAIL = "_123456"
 URI_PREFIX = "metasup://ns/"
 
 
 def exposed_name(namespace: str, name: str) -> str:
-    """The upstream name of a child tool or prompt."""
+    """The upstream name of a child tool or prompt whose own name is already name-safe."""
     return f"{namespace}{SEPARATOR}{name}" if namespace else name
+
+
+def client_safe_name(namespace: str, name: str, limit: int = MAX_NAME_LENGTH) -> str | None:
+    """The upstream name of a child tool or prompt, made acceptable to clients; None if the
+    namespace leaves no room for any name within `limit`.
+
+    Characters outside `[A-Za-z0-9_-]` become `_` (accents are dropped first: `ü` gives `u`),
+    so `files.read` is `ns__files_read`. A name still over `limit` is cut and ends in `_` and
+    six hex digits of its original's SHA-256, which keeps cut names apart and stable.
+    """
+    own = name if _SAFE_CHARS.fullmatch(name) else _sanitized(name)
+    exposed = exposed_name(namespace, own)
+    if len(exposed) <= limit:
+        return exposed
+    room = limit - len(exposed) + len(own) - len(_HASH_TAIL)
+    if room < 1:
+        return None
+    return exposed_name(namespace, f"{own[:room]}_{hashlib.sha256(name.encode()).hexdigest()[:6]}")
+
+
+def _sanitized(name: str) -> str:
+    folded = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
+    return _UNSAFE_CHAR.sub("_", folded) or "_"
 
 
 def split_name(exposed: str) -> tuple[str, str]:
@@ -35,16 +65,17 @@ def split_name(exposed: str) -> tuple[str, str]:
     return (namespace, rest) if sep else ("", exposed)
 
 
-def name_problem(server: str, kind: str, original: str, exposed: str) -> str | None:
+def name_problem(server: str, kind: str, original: str, exposed: str, limit: int = MAX_NAME_LENGTH) -> str | None:
     """Why `exposed` cannot be offered upstream, with a way out; None when it can."""
-    if EXPOSED_NAME.match(exposed):
+    if EXPOSED_NAME.match(exposed) and len(exposed) <= limit:
         return None
     deny = f"or add {original!r} to its `tools.deny`" if kind == "tool" else "or rename it in the server"
-    if len(exposed) > MAX_NAME_LENGTH:
+    if len(exposed) > limit:
         return (
             f"{kind} {original!r} of server {server!r} would be exposed as {exposed!r} "
-            f"({len(exposed)} characters, over the {MAX_NAME_LENGTH} that clients accept): "
-            f"give {server!r} a shorter `namespace` in servers.yaml {deny}"
+            f"({len(exposed)} characters, over the {limit} that clients accept (`max_tool_name`)): "
+            f"give {server!r} a shorter `namespace` in servers.yaml, a shorter name in its `tools.rename`, "
+            f"{deny}"
         )
     return (
         f"{kind} {original!r} of server {server!r} would be exposed as {exposed!r}, which has characters "

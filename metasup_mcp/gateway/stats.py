@@ -32,12 +32,13 @@ class Histogram:
 class CallStats:
     """The figures of one server's calls through the gateway."""
 
-    __slots__ = ("calls", "errors", "cancelled", "_recent", "_buckets", "_sum", "_count")
+    __slots__ = ("calls", "relayed", "errors", "cancelled", "_recent", "_buckets", "_sum", "_count")
 
     def __init__(self) -> None:
         self.calls = 0  # started
         self.errors = 0  # tool errors, child errors, deaths, timeouts, unavailable
         self.cancelled = 0  # by the caller
+        self.relayed = 0  # of `calls`, those relayed as raw lines (gateway/fastpath.py)
         self._recent: collections.deque[float] = collections.deque(maxlen=WINDOW)
         self._buckets = [0] * (len(LATENCY_BUCKETS) + 1)
         self._sum = 0.0
@@ -72,7 +73,10 @@ class CallStats:
                 p50_ms=round(_percentile(recent, 0.50) * 1000, 3),
                 p99_ms=round(_percentile(recent, 0.99) * 1000, 3),
             )
-        return {"calls": self.calls, "errors": self.errors, "cancelled": self.cancelled, "latency": latency}
+        return {
+            "calls": self.calls, "relayed": self.relayed, "errors": self.errors, "cancelled": self.cancelled,
+            "latency": latency,
+        }
 
 
 def _percentile(ordered: list[float], q: float) -> float:

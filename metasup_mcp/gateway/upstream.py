@@ -69,6 +69,11 @@ class Upstream:
         """The client's `logging/setLevel`: child log messages below `level` are dropped."""
         self._min_level = _LEVELS.index(level)
 
+    @property
+    def legacy_client_connected(self) -> bool:
+        """A client on the initialize handshake (legacy era) is connected."""
+        return self._latest is not None and self._latest() is not None
+
     def attach(self, session: ServerSession) -> None:
         """Remember the connection `session` belongs to (called on handshake and on listings)."""
         connection = _connection_of(session)

@@ -27,11 +27,15 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     commands = parser.add_subparsers(dest="command")
 
-    serve = commands.add_parser("serve", help="serve MCP (the default command)")
-    serve.add_argument("--config", type=Path, default=_CONFIG)
-    serve.add_argument("--transport", choices=["stdio", "http"], default="stdio")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8765)
+    serve = commands.add_parser(
+        "serve", help="serve MCP (the default command)", formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    serve.add_argument("--config", type=Path, default=_CONFIG,
+                       help="the servers.yaml to supervise (relative paths in it are relative to the file)")
+    serve.add_argument("--transport", choices=["stdio", "http"], default="stdio",
+                       help="stdio for a client that starts this process; http serves streamable HTTP at /mcp")
+    serve.add_argument("--host", default="127.0.0.1", help="with --transport http: the address to bind (loopback only)")
+    serve.add_argument("--port", type=int, default=8765, help="with --transport http: the port to bind")
 
     check = commands.add_parser("check-config", help="validate servers.yaml and print the effective config")
     check.add_argument("path", type=Path, nargs="?", default=_CONFIG)
@@ -78,7 +82,8 @@ def _parser() -> argparse.ArgumentParser:
 
     status = commands.add_parser("status", help="show a running supervisor's status (from its status endpoint)")
     status.add_argument("--url", help="the status endpoint (default: status_http of --config, else http://127.0.0.1:9000)")
-    status.add_argument("--config", type=Path, default=_CONFIG)
+    status.add_argument("--config", type=Path, default=_CONFIG,
+                        help="whose supervisor to ask (its status_http); a different one answering is an error")
     status.add_argument("--token", help="the status_http token (default: from --config, or $METASUP_STATUS_TOKEN)")
     status.add_argument("--json", action="store_true", help="print the status JSON instead of a table")
 
@@ -139,7 +144,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         return decide(args.id, command == "approve", args.note, args.url, args.config, args.token)
     from metasup_mcp.commands.serve import serve
 
-    return serve(load_config(getattr(args, "config", _CONFIG)), getattr(args, "transport", "stdio"), args)
+    config_path = getattr(args, "config", _CONFIG)
+    if not config_path.exists():
+        print(f"metasup-mcp: no {config_path} in {Path.cwd()}: pass --config PATH/servers.yaml (or run where "
+              "your servers.yaml is; `metasup-mcp init` writes one)", file=sys.stderr)
+        return EXIT_CONFIG
+    return serve(load_config(config_path), getattr(args, "transport", "stdio"), args)
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:

@@ -235,6 +235,8 @@ class ServerConfig(_Strict):
     call_timeout: Duration = 120.0
     call_wait: Duration = 5.0
     handshake_timeout: Duration = 30.0
+    # A first start that keeps writing to stderr (npx/uvx downloading) may take this long.
+    startup_timeout: Duration = 120.0
 
     @field_validator("command")
     @classmethod

@@ -72,9 +72,8 @@ def human_duration(seconds: float | None) -> str | None:
 
 
 def recent_events(supervisor: Any, limit: int, kind: str | None = None) -> list[dict[str, Any]]:
-    """The supervisor's notable events, newest first, optionally of one kind."""
-    events = [e for e in reversed(list(supervisor.events)) if kind is None or e.get("event") == kind]
-    return events[:limit]
+    """The supervisor's notable events, newest first, optionally of one kind (see `timeline`)."""
+    return supervisor.timeline(limit, kind)
 
 
 def status_document(supervisor: Any) -> dict[str, Any]:

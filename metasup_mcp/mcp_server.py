@@ -247,12 +247,12 @@ TOOLS: list[SupervisorTool] = [
         LogsArgs, _logs, lambda r: "\n".join([f"last {len(r['lines'])} stderr lines of {r['name']}:", *r["lines"]]),
     ),
     SupervisorTool(
-        "emergency_stop", "Stop every child server and refuse starts until `recover` is called.",
+        "emergency_stop", "Stop every child server (a change in flight is rolled back) and refuse starts, changes and rollbacks until `recover` is called.",
         ReasonArgs, lambda sup, a, _: sup.emergency_stop(a.reason),
         lambda r: f"supervisor {r['status']}: {r['emergency_reason']}",
     ),
     SupervisorTool(
-        "recover", "Leave emergency mode and start every enabled child server again.",
+        "recover", "Close the evolution breaker (changes allowed again); after an emergency stop, also start every enabled child server again.",
         NoArgs, lambda sup, a, _: sup.recover(), lambda r: f"supervisor {r['status']}, mode {r['mode']}",
     ),
     SupervisorTool(
@@ -496,6 +496,8 @@ class SupervisorSurface:
             forwarded = await self.gateway.call_tool(ctx, params.name, params.arguments)
             if forwarded is not None:
                 return forwarded
+            if (stopped := self.supervisor.why_unavailable(params.name)) is not None:
+                return tool_error(stopped[0], **stopped[1])
             return tool_error(
                 f"unknown tool {params.name!r}: neither the supervisor nor a running child server offers it; "
                 "tools/list shows what is available"

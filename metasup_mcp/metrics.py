@@ -60,7 +60,7 @@ def _supervisor_metrics(block: dict[str, Any]) -> Iterator[Metric]:
     )
     yield GaugeMetricFamily(
         "metasup_consecutive_failures",
-        "Consecutive failed starts; emergency stop at metasup_max_failures.",
+        "Consecutive rolled-back changes; changes pause (evolution breaker) at metasup_max_failures.",
         value=block["consecutive_failures"],
     )
     yield GaugeMetricFamily("metasup_max_failures", "Configured max_failures.", value=block["max_failures"])

@@ -18,6 +18,8 @@ from metasup_mcp.supervisor import Supervisor, SupervisorError
 
 logger = logging.getLogger(__name__)
 
+HTTP_SHUTDOWN_GRACE = 2.0  # seconds open requests get to finish once SIGTERM arrives
+
 
 async def serve_stdio(config: Config, args: argparse.Namespace) -> None:
     """Serve until the client closes stdin; leaving the block stops every child."""
@@ -55,9 +57,12 @@ async def serve_http(config: Config, args: argparse.Namespace) -> None:
         tg.start_soon(reload_on_sighup, supervisor)
         server = SupervisorSurface(supervisor).build()
         app = server.streamable_http_app(host=args.host)
-        uv = QuietServer(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", lifespan="on"))
+        uv = QuietServer(uvicorn.Config(
+            app, host=args.host, port=args.port, log_level="warning", lifespan="on",
+            timeout_graceful_shutdown=HTTP_SHUTDOWN_GRACE,  # open SSE streams must not hold the exit
+        ))
         logger.info("serving MCP over streamable HTTP at http://%s:%d/mcp", args.host, args.port)
-        await uv.serve()
+        await _serve_until_cancelled(uv)
         tg.cancel_scope.cancel()
 
 
@@ -74,3 +79,31 @@ async def reload_on_sighup(supervisor: Supervisor) -> None:
                 logger.error("reload refused: %s", exc)
                 continue
             logger.info("reload %s: %s", result["verdict"], result["diff"])
+
+
+async def _serve_until_cancelled(uv: uvicorn.Server) -> None:
+    """uvicorn until it stops or we are cancelled (SIGTERM); a cancellation becomes a bounded
+    graceful shutdown, so its lifespan ends cleanly instead of dying with a traceback."""
+    done = anyio.Event()
+    shield = anyio.CancelScope(shield=True)
+
+    async def run() -> None:
+        with shield:
+            try:
+                await uv.serve()
+            finally:
+                done.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run)
+        try:
+            await done.wait()
+        finally:
+            uv.should_exit = True
+            with anyio.CancelScope(shield=True):
+                with anyio.move_on_after(HTTP_SHUTDOWN_GRACE + 1):
+                    await done.wait()
+                if not done.is_set():
+                    logger.warning("the MCP HTTP server did not stop in time: cutting it off")
+                    uv.force_exit = True
+                    shield.cancel()

@@ -33,12 +33,13 @@ class StatusTarget:
     url: str
     token: str | None = None
     note: str = ""  # added to the message when nothing answers
+    config: Path | None = None  # the servers.yaml whose supervisor is expected to answer
 
 
 def default_target(config_path: Path) -> StatusTarget:
     """Where servers.yaml says the status endpoint listens, or the default when there is no file."""
     if not config_path.is_file():
-        return StatusTarget(DEFAULT_URL)
+        return StatusTarget(DEFAULT_URL, note=f" ({config_path} does not exist: pass --config with your servers.yaml, or --url)")
     try:
         settings = load_config(config_path).supervisor.status_http
     except ConfigError as exc:
@@ -47,7 +48,7 @@ def default_target(config_path: Path) -> StatusTarget:
     host = _WILDCARD.get(settings.host, settings.host)
     host = f"[{host}]" if ":" in host else host
     note = "" if settings.enabled else f" ({config_path} has status_http.enabled: false)"
-    return StatusTarget(f"http://{host}:{settings.port}", settings.token, note)
+    return StatusTarget(f"http://{host}:{settings.port}", settings.token, note, config_path.resolve())
 
 
 def run_status(target: StatusTarget, as_json: bool = False, out: TextIO | None = None) -> int:
@@ -72,6 +73,13 @@ def run_status(target: StatusTarget, as_json: bool = False, out: TextIO | None =
         )
     except ValueError:
         return _fail(f"{base}/supervisor/status did not answer with JSON: is that a metasup-mcp status endpoint?")
+    config = document.get("config") if isinstance(document, dict) else None
+    answering = config.get("path") if isinstance(config, dict) else config  # {path, ...}, or a bare path
+    if target.config is not None and answering and Path(answering) != target.config:
+        return _fail(
+            f"the supervisor answering at {base} runs {answering}, not {target.config}: the supervisor of "
+            f"{target.config} is not running, or listens elsewhere. Point --url at its status endpoint"
+        )
     if as_json:
         print(json.dumps(document, indent=2), file=out)
     else:
@@ -91,6 +99,9 @@ def render_table(doc: dict[str, Any], url: str = "") -> str:
     ]
     if doc.get("mode") == "emergency":
         lines.append(f"EMERGENCY: {doc.get('emergency_reason') or 'no reason given'}; call `recover` once fixed")
+    elif doc.get("mode") == "changes_paused":
+        lines.append(f"CHANGES PAUSED (evolution breaker): {doc.get('breaker_reason') or 'no reason given'}; "
+                     "servers keep serving last good; call `recover` to allow changes again")
     current, good = doc.get("current_commit"), doc.get("last_good_commit")
     sync = "no commit yet" if not current else ("at last good" if current == good else "DIFFERS from last good")
     lines.append(f"commit {_short(current)}  last good {_short(good)}  ({sync})"

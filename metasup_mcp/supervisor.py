@@ -31,13 +31,19 @@ from metasup_mcp.children.sweep import (
 )
 from metasup_mcp.config import Config
 from metasup_mcp.evolution.behaviour import BehaviourCheck, ReplaySamples
+from metasup_mcp.evolution.breaker import EvolutionBreaker
 from metasup_mcp.evolution.pipeline import ChangeRequest, Progress
 from metasup_mcp.evolution.proposals import Proposal
 from metasup_mcp.evolution.service import ChangeError, ChangeService
+from metasup_mcp import timeline
 from metasup_mcp.gateway import Gateway
+from metasup_mcp.gateway.naming import allowed
 from metasup_mcp.safety.workspace import WorkspaceError
 
 logger = logging.getLogger(__name__)
+
+# Rollbacks of changes (they count towards the evolution breaker); operator and emergency ones do not.
+_CHANGE_SOURCES = frozenset({"proposal", "on-disk", "probation"})
 
 __all__ = ["ChangeError", "ChangeRequest", "Progress", "Supervisor", "SupervisorError", "UnknownServer"]
 
@@ -51,9 +57,10 @@ class Supervisor:
         self.config = config
         self.settings = config.supervisor
         self.instance_id = new_instance_id()
-        self.mode = "normal"
+        self.mode = "normal"  # normal | changes_paused (the evolution breaker is open) | emergency
         self.emergency_reason: str | None = None
-        self.consecutive_failures = 0
+        self.breaker = EvolutionBreaker(config.supervisor.max_failures)
+        self._tripped: dict[str, str] = {}  # change id -> what its rollback tripped, for its result
         self._started_monotonic: float | None = None
         self._tg: TaskGroup | None = None
         self.events: list[dict[str, Any]] = []  # recent notable events, newest last
@@ -73,7 +80,7 @@ class Supervisor:
         self.replay = ReplaySamples(self.settings.state_dir / "replay.json", self.settings.replay)
         self.changes = ChangeService(
             config, lambda: list(self.manager), self.child_events, self._record, self.instance_id,
-            refuse_reason=self._change_refusal,
+            refuse_reason=self._change_refusal, unrecoverable=self._unrecoverable,
             behaviour=BehaviourCheck(
                 self.gateway.call_internal, self.gateway.read_only_tools, lambda: self.gateway.settled, self.replay
             ),
@@ -149,6 +156,36 @@ class Supervisor:
         await child.wait_for(lambda c: c.settled_since(generation), wait)
         return self.server_status(child)
 
+    def why_unavailable(self, tool: str) -> tuple[str, dict[str, Any]] | None:
+        """For a tool no running server offers: if a server at rest owns it, (message, details)
+        saying that the server is stopped, why, and what brings it back; None when none claims it."""
+        for child in self.manager:
+            if not child.at_rest:
+                continue
+            namespace = child.config.exposed_namespace
+            offered = [t.name for t in child.tools if allowed(child.config.tools, t.name)]
+            own = {f"{namespace}__{name}" if namespace else name for name in offered}
+            if tool not in own and not (namespace and tool.startswith(f"{namespace}__")):
+                continue
+            if self.mode == "emergency":
+                why, cure = f"emergency stop: {self.emergency_reason}", "call `recover` once the cause is fixed"
+            elif child.state is ChildState.STOPPED:
+                why = "stopped on request" if child.last_error is None else child.last_error
+                cure = f"call start_server with name {child.name!r}"
+            else:
+                why = child.last_error or f"its process {child.state.value}"
+                cure = f"fix the cause, then call start_server with name {child.name!r}"
+            message = f"tool {tool!r}: server {child.name!r} is {child.state.value} ({why}); {cure}"
+            return message, {"server": child.name, "state": child.state.value, "reason": "unavailable",
+                             "retry": False, "mode": self.mode}
+        return None
+
+    def timeline(self, limit: int, kind: str | None = None) -> list[dict[str, Any]]:
+        """Notable events, newest first: durable ones from the audit log (they survive a restart),
+        failed starts and health restarts from memory (see `timeline`)."""
+        return timeline.merge(timeline.from_audit(self.changes.audit.tail(timeline.AUDIT_WINDOW)),
+                              self.events, limit, kind)
+
     def audit_tail(self, entries: int) -> list[dict[str, Any]]:
         """The newest audit entries, oldest first."""
         return self.changes.audit.tail(entries)
@@ -163,11 +200,22 @@ class Supervisor:
                 "fix the cause, then call `recover`"
             )
 
-    # -- emergency ---------------------------------------------------------------------
+    # -- the evolution breaker and the emergency stop -----------------------------------
+
+    @property
+    def consecutive_failures(self) -> int:
+        """Consecutive rolled-back changes (the evolution breaker's count)."""
+        return self.breaker.consecutive_failures
 
     async def emergency_stop(self, reason: str) -> dict[str, Any]:
-        """Stop every child and refuse starts until `recover`."""
-        self._enter_emergency(reason or "emergency stop requested")
+        """Stop every child and refuse starts, changes and rollbacks until `recover`.
+
+        A transaction in flight is cut short and rolled back (never accepted unverified)
+        before the children stop.
+        """
+        reason = reason or "emergency stop requested"
+        self._enter_emergency(reason)
+        await self.changes.abort_transaction(f"emergency stop ({reason})")
         await self.manager.stop_all()
         return self.supervisor_block()
 
@@ -175,42 +223,25 @@ class Supervisor:
         self.mode = "emergency"
         self.emergency_reason = reason
         self._record("emergency", reason=reason)
+        self._audit("emergency", reason=reason)
         logger.error("EMERGENCY: %s; stopping all servers", reason)
 
-    async def recover(self) -> dict[str, Any]:
-        """Leave emergency mode and start every enabled server again."""
-        was = self.mode
-        self.mode = "normal"
-        self.emergency_reason = None
-        self.consecutive_failures = 0
-        self._record("recover", previous_mode=was)
-        generations = {child.name: child.generation for child in self.manager}
-        self.manager.start_all()
-        for child in self.manager:
-            if child.config.enabled:
-                await child.wait_for(lambda c: _started_since(c, generations[c.name]), 30.0)
-        return self.supervisor_block()
-
-    def _on_child_event(self, event: ChildEvent) -> None:
-        self.gateway.on_child_event(event)
-        if event.kind == "exited" and event.data.get("early") and not event.data.get("requested"):
-            self.consecutive_failures += 1
-            self._record("failed_start", server=event.server, reason=event.data.get("reason"))
-            if self.consecutive_failures >= self.settings.max_failures and self.mode != "emergency":
-                reason = f"{self.consecutive_failures} consecutive failed starts (max_failures)"
-                self._enter_emergency(reason)  # now, so that exits arriving meanwhile do not trigger it twice
-                if self._tg is not None:  # None only while shutting down
-                    self._tg.start_soon(self._automatic_emergency, reason)
-        elif event.kind == "stable":
-            self.consecutive_failures = 0
-        elif event.kind == "health":
-            self._record("health_restart", server=event.server, **event.data)
-        if event.kind == "exited" and event.data.get("state") == ChildState.FATAL.value:
-            self._record("fatal", server=event.server, reason=event.data.get("reason"))
-        self.child_events.publish(event)
+    def _unrecoverable(self, reason: str, change_id: str | None = None) -> None:
+        """Last good itself cannot be brought back to health, or git is broken: emergency stop."""
+        if self.mode == "emergency":
+            return
+        self._enter_emergency(reason)
+        self.changes.halt()
+        if change_id:
+            self._tripped[change_id] = (
+                f"EMERGENCY STOP: {reason}. Every server is being stopped; starts, changes and rollbacks "
+                "are refused until `recover`"
+            )
+        if self._tg is not None:  # None only while shutting down
+            self._tg.start_soon(self._automatic_emergency, reason)
 
     async def _automatic_emergency(self, reason: str) -> None:
-        """Too many failures in a row: stop everything, then go back to last good (or a backup)."""
+        """Stop everything, then make sure the tree is last good (or a backup, when git fails)."""
         await self.manager.stop_all()
         try:
             restored = await self.changes.emergency_rollback()
@@ -219,7 +250,7 @@ class Supervisor:
             self.emergency_reason = f"{reason}; rolling back failed too ({exc}): restore the workspace by hand"
             restored = None
         if restored:
-            self._record("rollback", source="emergency", trigger="max_failures", reason=reason, to=restored)
+            self._record("rollback", source="emergency", trigger="emergency", reason=reason, to=restored)
         self._record("emergency_done", rolled_back_to=restored)
 
     def _sample_read_only(self, tool: str, arguments: dict[str, Any] | None, result: dict[str, Any]) -> None:
@@ -230,16 +261,75 @@ class Supervisor:
         current, last_good = self.changes.commits()
         if current is not None and current == last_good:
             self.replay.observe(tool, arguments, result)
+    async def recover(self) -> dict[str, Any]:
+        """Close the evolution breaker; after an emergency stop, also start every enabled server again."""
+        was = self.mode
+        self.mode = "normal"
+        self.emergency_reason = None
+        self.breaker.close()
+        self.changes.resume()
+        self._record("recover", previous_mode=was)
+        self._audit("recover", previous_mode=was)
+        if was != "emergency":
+            return self.supervisor_block()
+        generations = {child.name: child.generation for child in self.manager}
+        self.manager.start_all()
+        for child in self.manager:
+            if child.config.enabled:
+                await child.wait_for(lambda c: _started_since(c, generations[c.name]), 30.0)
+        return self.supervisor_block()
+
+    def _on_child_event(self, event: ChildEvent) -> None:
+        # A failed start is that server's own problem (its restart policy ends it fatal):
+        # it never stops the fleet. Only changes count, through the breaker (see _record).
+        self.gateway.on_child_event(event)
+        if event.kind == "exited" and event.data.get("early") and not event.data.get("requested"):
+            self._record("failed_start", server=event.server, reason=event.data.get("reason"))
+        elif event.kind == "health":
+            self._record("health_restart", server=event.server, **event.data)
+        if event.kind == "exited" and event.data.get("state") == ChildState.FATAL.value:
+            self._record("fatal", server=event.server, reason=self.child(event.server).last_error)
+            self._audit("fatal", server=event.server, reason=self.child(event.server).last_error)
+        self.child_events.publish(event)
+
+    def _judge_outcome(self, kind: str, data: dict[str, Any]) -> None:
+        """Feed the breaker: rolled-back changes count, accepted ones reset the count."""
+        if kind in ("accepted", "candidate_accepted"):
+            self.breaker.change_accepted()
+        elif kind == "rollback" and data.get("source") in _CHANGE_SOURCES:
+            tripped = self.breaker.change_failed(data.get("id"), data.get("trigger"))
+            if tripped is None or self.mode != "normal":
+                return
+            self.mode = "changes_paused"
+            self._audit("breaker_open", reason=tripped, id=data.get("id"))
+            logger.error("evolution breaker open: %s; changes refused until `recover`", tripped)
+            if data.get("id"):
+                self._tripped[data["id"]] = (
+                    f"EVOLUTION BREAKER OPEN: {tripped}. Further changes are refused until `recover`; "
+                    "the servers keep serving last good"
+                )
 
     def _change_refusal(self) -> str | None:
         if self.mode == "emergency":
             return f"the supervisor is in emergency mode ({self.emergency_reason}); call `recover` first"
-        return None
+        return self.breaker.refusal()
+
+    def _audit(self, event: str, **data: Any) -> None:
+        """Mode changes go to the audit log too (rare, small: written in place)."""
+        try:
+            self.changes.audit.append(event, **data)
+        except Exception:  # noqa: BLE001 — the audit failing must not stop a mode change
+            logger.exception("could not audit %s", event)
 
     # -- changes (the safety loop) -------------------------------------------------------
 
     async def propose_change(self, request: ChangeRequest, progress: Progress | None = None) -> Proposal:
-        return await self.changes.propose(request, progress)
+        """Run a change through the safety loop; its result says if it tripped the breaker or an emergency."""
+        proposal = await self.changes.propose(request, progress)
+        if (note := self._tripped.pop(proposal.id, None)) is not None:
+            proposal.reasons.append(note)
+            await self.changes.save(proposal)
+        return proposal
 
     def get_change(self, proposal_id: str) -> Proposal:
         return self.changes.get(proposal_id)
@@ -313,6 +403,7 @@ class Supervisor:
     def _record(self, kind: str, **data: Any) -> None:
         self.events.append({"at": time.time(), "event": kind, **data})
         del self.events[:-200]
+        self._judge_outcome(kind, data)
 
     # -- status ------------------------------------------------------------------------
 
@@ -327,6 +418,8 @@ class Supervisor:
             "status": "emergency" if self.mode == "emergency" else "running",
             "mode": self.mode,
             "emergency_reason": self.emergency_reason,
+            "breaker_reason": self.breaker.reason,
+            "probation": self._probation(),
             "current_commit": current,
             "last_good_commit": last_good,
             "consecutive_failures": self.consecutive_failures,
@@ -338,21 +431,33 @@ class Supervisor:
             "config": self.changes.config_status(),
         }
 
+    def _probation(self) -> dict[str, Any] | None:
+        """The newly accepted commit still on probation, and for how long (see evolution/aftercare.py)."""
+        pipeline = self.changes.pipeline
+        trial = pipeline.aftercare.current() if pipeline is not None else None
+        if trial is None:
+            return None
+        return {"commit": trial.commit, "change": trial.proposal_id,
+                "ends_in_s": round(trial.until - anyio.current_time(), 1), "servers": sorted(trial.generations)}
+
     def server_status(self, child: ManagedChild) -> dict[str, Any]:
         machine = child.machine
         last_exit = machine.last_exit
         health = child.health
         uptime = machine.uptime()
+        live = child.state in (ChildState.STARTING, ChildState.RUNNING, ChildState.STOPPING)
         return {
             "name": child.name,
             "state": child.state.value,
-            "pid": child.pid if child.state in (ChildState.STARTING, ChildState.RUNNING, ChildState.STOPPING) else None,
+            "pid": child.pid if live else None,
             "uptime_s": round(uptime, 1) if uptime is not None else None,
             "restarts": machine.restarts,
             "last_exit": None
             if last_exit is None
             else {"returncode": last_exit.returncode, "reason": last_exit.reason, "early": last_exit.early},
-            "health": {"rss_mb": health.rss_mb, "cpu_percent": health.cpu_percent, "probe_ms": health.probe_ms},
+            # A server with no process has no figures: the last incarnation's would be stale.
+            "health": {"rss_mb": health.rss_mb, "cpu_percent": health.cpu_percent, "probe_ms": health.probe_ms}
+            if live else {"rss_mb": None, "cpu_percent": None, "probe_ms": None},
             "last_error": child.last_error,
             "tools": len(child.tools),
             "gateway": self.gateway.server_status(child.name),

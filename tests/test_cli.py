@@ -118,3 +118,19 @@ def test_version_prints_the_package_version() -> None:
     done = subprocess.run([str(METASUP), "--version"], capture_output=True, text=True, timeout=30)
     assert done.returncode == 0
     assert done.stdout.strip() == f"metasup-mcp {__version__}"
+
+
+def test_serve_help_describes_config_host_and_port_with_their_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    usage = " ".join(capsys.readouterr().out.split())
+    assert "the servers.yaml to supervise" in usage and "(default: servers.yaml)" in usage
+    assert "the address to bind (loopback only) (default: 127.0.0.1)" in usage
+    assert "the port to bind (default: 8765)" in usage
+
+
+def test_run_where_there_is_no_servers_yaml_says_to_pass_config(tmp_path: Path) -> None:
+    done = subprocess.run([str(METASUP)], cwd=tmp_path, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=30)
+    assert done.returncode == EXIT_CONFIG
+    assert "no servers.yaml in" in done.stderr and "pass --config" in done.stderr
+    assert "Traceback" not in done.stderr and done.stdout == ""

@@ -87,10 +87,10 @@ def marked(dom: str) -> Marked:
 
 async def test_the_page_shows_each_server_and_a_rollback_that_just_happened(serve: Serve, tmp_path: Path) -> None:
     async with serve() as (supervisor, url):
-        supervisor.events.append({
-            "at": time.time(), "event": "rollback", "trigger": "early_exit", "from": "b" * 40, "to": "a" * 40,
-            "reason": "alpha exited 0.4s after the change",
-        })
+        supervisor.changes.audit.append(
+            "rollback", id="p-1", trigger="early_exit", bad_commit="b" * 40, to="a" * 40,
+            evidence="alpha exited 0.4s after the change",
+        )
         dom = await rendered_dom(f"{url}/", tmp_path / "profile")
     page = marked(dom)
     servers = {row["data-server"]: row for row in page.all("data-server")}

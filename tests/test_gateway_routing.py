@@ -177,8 +177,9 @@ async def test_a_stopped_or_fatal_child_drops_its_tools_and_the_client_hears_of_
         assert stopped.structured_content["state"] == "stopped"
         await up.until_tools(lambda n: not any(t.startswith("fx__") for t in n))
         await eventually(lambda: up.count(TOOLS_CHANGED) > before, timeout=5)
-        error = structured_error(await up.session.call_tool("fx__echo", {"text": "x"}))  # unknown now
-        assert "unknown tool" in error["error"]
+        error = structured_error(await up.session.call_tool("fx__echo", {"text": "x"}))  # unlisted, not unknown
+        assert "server 'fx' is stopped" in error["error"] and "start_server" in error["error"]
+        assert (error["server"], error["state"], error["reason"]) == ("fx", "stopped", "unavailable")
         doomed = up.sup.child("doomed")
         while doomed.state is not ChildState.FATAL:  # crash it into a crash loop (2 crashes)
             generation = doomed.generation

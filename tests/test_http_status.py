@@ -73,8 +73,8 @@ async def test_status_shows_a_stopped_server_as_stopped_at_the_next_request(serv
 async def test_events_come_newest_first_and_filter_by_kind(serve: Serve) -> None:
     async with serve() as (supervisor, url):
         supervisor.events.append({"at": time.time(), "event": "failed_start", "server": "alpha", "reason": "boom"})
-        supervisor.events.append({"at": time.time(), "event": "rollback", "trigger": "early_exit",
-                                  "from": "b" * 40, "to": "a" * 40, "reason": "alpha died after 0.4s"})
+        supervisor.changes.audit.append("rollback", trigger="early_exit", bad_commit="b" * 40, to="a" * 40,
+                                        reason="alpha died after 0.4s")
         everything = (await get(f"{url}/supervisor/events")).json()["events"]
         rollbacks = (await get(f"{url}/supervisor/events?event=rollback")).json()["events"]
         status = (await get(f"{url}/supervisor/status")).json()
@@ -259,3 +259,13 @@ async def test_started_without_task_status_it_serves_until_cancelled(tmp_path: P
 )
 def test_uptime_reads_like_the_seed(seconds: float | None, text: str | None) -> None:
     assert human_duration(seconds) == text
+
+
+async def test_the_events_survive_a_supervisor_restart_and_include_manual_rollbacks(serve: Serve) -> None:
+    async with serve(servers=["alpha"]) as (supervisor, url):
+        await supervisor.rollback("last_good", reason="operator undo")
+    async with serve(servers=["alpha"]) as (supervisor, url):
+        rollbacks = (await get(f"{url}/supervisor/events?event=rollback")).json()["events"]
+        status = (await get(f"{url}/supervisor/status")).json()
+    assert [(e["source"], e["trigger"], e["reason"]) for e in rollbacks] == [("operator", "manual", "operator undo")]
+    assert status["recent_events"][0]["event"] == "rollback"

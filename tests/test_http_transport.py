@@ -25,7 +25,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-async def test_the_supervisor_serves_streamable_http_and_stops_cleanly_on_sigterm(tmp_path, make_config):
+async def test_the_supervisor_serves_streamable_http_and_ends_on_sigterm_without_a_traceback(tmp_path, make_config):
     config = make_config(tmp_path, [fixture_server("fx")])
     port = free_port()
     process = subprocess.Popen(
@@ -56,6 +56,8 @@ async def test_the_supervisor_serves_streamable_http_and_stops_cleanly_on_sigter
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=20) == 0
         assert process.stdout is not None and process.stdout.read() == b"", "nothing may reach stdout"
+        stderr = process.stderr.read().decode()
+        assert "Traceback" not in stderr and "CancelledError" not in stderr, stderr
         gone, alive = psutil.wait_procs(children, timeout=5)
         assert not alive, f"left behind: {alive}"
     finally:

@@ -183,11 +183,35 @@ async def test_start_server_is_a_tool_error_in_emergency_mode_until_recover(
         assert refused.is_error
         assert "emergency mode (operator says so)" in refused.content[0].text
         assert "call `recover`" in refused.content[0].text
+        # A stopped server's tool is not "unknown": the answer says it is stopped, why, and the way back.
+        tool = await served.call("one__echo", text="hello")
+        assert tool.is_error and tool.structured_content["state"] == "stopped"
+        assert "server 'one' is stopped (emergency stop: operator says so)" in tool.content[0].text
+        assert "call `recover`" in tool.content[0].text
 
         recovered = await served.call("recover")
         assert not recovered.is_error and recovered.structured_content["mode"] == "normal"
         status = await served.status()
         assert {s["state"] for s in status["servers"].values()} == {"running"}
+
+
+async def test_a_stopped_servers_tool_says_it_is_stopped_and_its_status_shows_no_stale_figures(
+    tmp_path: Path, make_config: ConfigMaker, test_token: str
+) -> None:
+    config = make_config(tmp_path, [fixture_server("one"), fixture_server("two")])
+    async with serve(config, test_token) as served:
+        await served.wait_all_running()
+        assert not (await served.call("two__echo", text="hi")).is_error
+        await served.call("stop_server", name="two")
+        answer = await served.call("two__echo", text="hi")
+        assert answer.is_error
+        assert answer.content[0].text == (
+            "tool 'two__echo': server 'two' is stopped (stopped on request); call start_server with name 'two'"
+        )
+        two = (await served.status())["servers"]["two"]
+        assert two["health"] == {"rss_mb": None, "cpu_percent": None, "probe_ms": None} and two["pid"] is None
+        unknown = await served.call("three__echo", text="hi")
+        assert unknown.is_error and "unknown tool" in unknown.content[0].text
 
 
 async def tree_of(served: Served, token: str) -> list[int]:

@@ -11,6 +11,7 @@ import pytest
 
 from metasup_mcp.evolution.pipeline import ChangeError, ChangeRequest
 from metasup_mcp.safety.workspace import WorkspaceError
+from tests.conftest import eventually
 from tests.safety_support import app_config, git, served_version, with_version
 
 pytestmark = pytest.mark.anyio
@@ -58,7 +59,8 @@ async def test_a_change_failing_midway_is_an_actionable_error_and_nothing_is_los
 async def test_a_stale_on_disk_trial_never_moves_last_good_back_over_an_applied_change(
     tmp_path, make_config, supervisor_factory
 ):
-    async with supervisor_factory(app_config(make_config, tmp_path, min_runtime="2s")) as sup:
+    config = app_config(make_config, tmp_path, min_runtime="2s", restart={"stable_after": "3s"})
+    async with supervisor_factory(config) as sup:
         assert await served_version(sup) == "1"
         (sup.settings.workspace / "server.py").write_text(with_version("disk"))
         await sup.restart_server("app")  # the on-disk edit goes on trial with this incarnation
@@ -70,6 +72,8 @@ async def test_a_stale_on_disk_trial_never_moves_last_good_back_over_an_applied_
                 await anyio.sleep(0.05)
         child = sup.child("app")
         generation = child.generation
+        # After its probation (a crash within stable_after would roll the change back by design).
+        await eventually(lambda: sup.supervisor_block()["probation"] is None, timeout=10)
         with sup.child_events.subscribe() as events:
             os.kill(child.pid, signal.SIGKILL)
             with anyio.fail_after(15):  # the crash-restarted incarnation holds min_runtime

@@ -41,8 +41,8 @@ async def test_the_table_shows_every_server_and_the_latest_rollback(
     serve: Serve, capsys: pytest.CaptureFixture[str]
 ) -> None:
     async with serve() as (supervisor, url):
-        supervisor.events.append({"at": time.time(), "event": "rollback", "trigger": "early_exit",
-                                  "from": "b" * 40, "to": "a" * 40, "reason": "alpha died after 0.4s"})
+        supervisor.changes.audit.append("rollback", trigger="early_exit", bad_commit="b" * 40, to="a" * 40,
+                                        reason="alpha died after 0.4s")
         assert await status_command("--url", url) == 0
     out = capsys.readouterr().out
     header, *rows = [line for line in out.splitlines() if line.startswith(("SERVER", "alpha", "beta"))]
@@ -105,3 +105,16 @@ def test_the_status_command_documents_its_options(capsys: pytest.CaptureFixture[
     assert exit_.value.code == 0
     usage = capsys.readouterr().out
     assert all(option in usage for option in ("--url", "--json", "--token", "--config"))
+
+
+async def test_status_of_a_config_whose_supervisor_is_not_the_one_on_the_port_says_so(
+    tmp_path: Path, serve: Serve, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async with serve(servers=["alpha"]) as (supervisor, url):
+        port = int(url.rsplit(":", 1)[1])
+        other = tmp_path / "other" / "servers.yaml"
+        other.parent.mkdir()
+        other.write_text(yaml.safe_dump({"supervisor": {"status_http": {"port": port}}}))
+        assert await status_command("--config", str(other)) == 1
+    err = capsys.readouterr().err
+    assert f"runs {tmp_path / 'servers.yaml'}, not {other}" in err

@@ -33,6 +33,9 @@ logger = logging.getLogger(__name__)
 
 # How long a failed handshake waits to see whether the process died (the likelier story).
 HANDSHAKE_EXIT_GRACE = 0.5
+# What `last_error` quotes of a failed incarnation's own stderr ("MY_API_KEY is required").
+LAST_ERROR_STDERR_LINES = 3
+LAST_ERROR_LINE_CHARS = 200
 
 EventKind = Literal["started", "stable", "exited", "health", "tools_changed", "notification"]
 
@@ -128,6 +131,10 @@ class ManagedChild:
         self.before_start: Callable[[ManagedChild], Awaitable[None]] | None = None
         self.supervising = False
         self._tools_stale = self._relisting_tools = False  # see _relist_tools
+        self.ever_up = False  # completed a handshake once: later starts get handshake_timeout only
+        self._stderr_this_run = 0  # lines the current incarnation wrote to stderr
+        self._startup_scope: anyio.CancelScope | None = None  # a first start's handshake deadline
+        self._startup_limit = 0.0
 
     @property
     def state(self) -> ChildState:
@@ -185,6 +192,14 @@ class ManagedChild:
             self._notify()
 
     @property
+    def handshake_allowance(self) -> float:
+        """The longest a start may take to complete its handshake (seconds): `startup_timeout`
+        until the server has come up once (npx/uvx may download first), then `handshake_timeout`."""
+        if self.ever_up:
+            return self.config.handshake_timeout
+        return max(self.config.startup_timeout, self.config.handshake_timeout)
+
+    @property
     def wanted(self) -> bool:
         """Whether the supervisor means this child to be running (start asked, not stopped since)."""
         return self._want_running
@@ -240,6 +255,7 @@ class ManagedChild:
         self.machine.begin_start()
         self.generation += 1
         self.last_error = None
+        self._stderr_this_run = 0
         self._notify()
         # Before any await: a stop asked while the hook runs must reach this incarnation.
         stop = self._stop_incarnation = anyio.Event()
@@ -280,7 +296,7 @@ class ManagedChild:
         """Record how an incarnation ended and let the state machine decide what comes next."""
         requested = self.state is ChildState.STOPPING and self.machine.pending_health_reason is None
         if not requested:
-            self.last_error = reason
+            self.last_error = self._with_stderr(reason)
         decision = self.machine.process_exited(returncode, reason)
         exit_reason = self.machine.last_exit.reason if self.machine.last_exit else reason
         self._event(
@@ -291,7 +307,7 @@ class ManagedChild:
             policy = self.machine.policy
             self.last_error = (
                 f"crash loop: more than {policy.max_restarts} restarts within {policy.restart_window:g}s; "
-                f"last: {exit_reason}. Fix the cause, then start_server to try again"
+                f"last: {self._with_stderr(exit_reason)}. Fix the cause, then start_server to try again"
             )
         self._notify()
         return decision
@@ -340,6 +356,7 @@ class ManagedChild:
             finish(failure)
             return
         self.connection = Connection(session, process, self.generation, anyio.Event())
+        self.ever_up = True
         self.machine.handshake_ok()
         self._event("started", pid=process.pid, tools=len(self.tools))
         self._notify()
@@ -360,8 +377,12 @@ class ManagedChild:
         and list_changed, which the gateway relays. A child that refuses it (a server of the
         2026-07-28 era only) is asked `server/discover` instead.
         """
+        started = anyio.current_time()
+        deadline = anyio.CancelScope(deadline=started + self.config.handshake_timeout)
+        if not self.ever_up:  # a first start that keeps writing to stderr may take startup_timeout
+            self._startup_scope, self._startup_limit = deadline, started + self.handshake_allowance
         try:
-            with anyio.fail_after(self.config.handshake_timeout):
+            with deadline:
                 try:
                     capabilities = (await session.initialize()).capabilities
                 except MCPError as refused:
@@ -371,15 +392,23 @@ class ManagedChild:
                     capabilities = (await session.discover()).capabilities
                 self.server_capabilities = capabilities
                 self.tools = await _list_all_tools(session, self.name) if capabilities.tools is not None else []
-        except TimeoutError:
-            return f"handshake: no answer to initialize/tools/list within {self.config.handshake_timeout:g}s"
+                return None
         except MCPError as exc:
             return f"handshake: {exc}"
         except (anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.EndOfStream, ConnectionError) as exc:
             return f"handshake: connection closed ({type(exc).__name__})"
         except ValidationError as exc:  # a child's malformed answer must never reach the supervisor
             return f"handshake: malformed answer ({exc.error_count()} problems: {exc.errors()[0]['msg']})"
-        return None
+        finally:
+            self._startup_scope = None
+        waited = anyio.current_time() - started
+        if waited < self.config.handshake_timeout + 0.5:
+            return f"handshake: no answer to initialize/tools/list within {self.config.handshake_timeout:g}s"
+        return (
+            f"handshake: no answer to initialize/tools/list after {waited:.0f}s of first start "
+            f"(silent for handshake_timeout {self.config.handshake_timeout:g}s, or past startup_timeout "
+            f"{self.config.startup_timeout:g}s)"
+        )
 
     async def _watch_health(self, process: ChildProcess) -> tuple[str, str]:
         """Sample and probe every `interval`; return (reason, detail) once a restart is due.
@@ -461,7 +490,18 @@ class ManagedChild:
 
     def _on_stderr(self, line: str) -> None:
         self.stderr.add(line, self.generation)
+        self._stderr_this_run += 1
+        if self._startup_scope is not None:  # alive and progressing: more time, up to startup_timeout
+            self._startup_scope.deadline = min(
+                anyio.current_time() + self.config.handshake_timeout, self._startup_limit
+            )
         logger.debug("[%s] %s", self.name, line)
+
+    def _with_stderr(self, reason: str) -> str:
+        """`reason`, plus the last lines this incarnation wrote to stderr (usually the real cause)."""
+        lines = self.stderr.tail(min(self._stderr_this_run, LAST_ERROR_STDERR_LINES))
+        quoted = " | ".join(line.strip()[:LAST_ERROR_LINE_CHARS] for line in lines if line.strip())
+        return f"{reason}; stderr: {quoted}" if quoted else reason
 
     def _event(self, kind: EventKind, **data: Any) -> None:
         self._emit(ChildEvent(self.name, kind, data, self.generation))

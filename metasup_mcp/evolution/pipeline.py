@@ -29,6 +29,7 @@ from metasup_mcp.children.state import ChildState
 from metasup_mcp.config import SupervisorConfig
 from metasup_mcp.evolution.approval import PendingContent
 from metasup_mcp.evolution.behaviour import BehaviourCheck, VerifyCall
+from metasup_mcp.evolution.aftercare import Aftercare, restart_and_settle, runs_python
 from metasup_mcp.evolution.checks import run_checks, trigger_for
 from metasup_mcp.evolution.coordinator import Coordinator
 from metasup_mcp.evolution.performance import MetricStore
@@ -74,6 +75,7 @@ class Pipeline(ApprovalStage, BehaviourStage):
         coordinator: Coordinator | None = None,
         pending: PendingContent | None = None,
         behaviour: BehaviourCheck | None = None,
+        unrecoverable: Callable[[str, str | None], None] = lambda reason, change_id: None,
     ) -> None:
         self.workspace = workspace
         self.settings = settings
@@ -94,6 +96,14 @@ class Pipeline(ApprovalStage, BehaviourStage):
         self.lock = anyio.Lock()  # one owner of the workspace at a time: changes, rollbacks, the guard, backups
         # True while a transaction owns the workspace: the guard must not put its state on trial.
         self.in_transaction = False
+        self._unrecoverable = unrecoverable  # last good cannot be brought back to health: emergency stop
+        self._transaction_scope: anyio.CancelScope | None = None
+        self._transaction_done = anyio.Event()
+        self._abort_reason: str | None = None
+        self.halted = False  # set by an emergency stop: no restarts until resume()
+        self._healthy_before: set[str] = set()
+        self._began_at = 0.0  # clock time the transaction in flight began
+        self.aftercare = Aftercare(self)  # probation, and bringing last good back to health
 
     @property
     def queue_length(self) -> int:
@@ -136,10 +146,39 @@ class Pipeline(ApprovalStage, BehaviourStage):
             if self.settings.benchmark is not None:  # the baseline: last good's metric, once
                 await self._measure_baseline(say)
             self.in_transaction = True
+            self._began_at = anyio.current_time()
+            done = self._transaction_done = anyio.Event()
             try:
-                return await self._transaction(proposal, changes, say)
+                with anyio.CancelScope() as scope:
+                    self._transaction_scope = scope
+                    return await self._transaction(proposal, changes, say)
+                return await self._aborted(proposal)  # only abort() cancels that scope
             finally:
                 self.in_transaction = False
+                self._transaction_scope = self._abort_reason = None
+                done.set()
+
+    async def abort(self, reason: str) -> None:
+        """Cut the transaction in flight short (an emergency stop): it is resolved from the journal
+        as a killed supervisor's would be, so it is rolled back unless verification had finished.
+        Until `resume`, nothing here restarts a server (the emergency stop has stopped them all)."""
+        self.halted = True
+        scope = self._transaction_scope
+        if scope is None:
+            return
+        self._abort_reason = reason
+        scope.cancel()
+        await self._transaction_done.wait()
+
+    def resume(self) -> None:
+        """After `recover`: restarts are the pipeline's to ask for again."""
+        self.halted = False
+
+    async def _aborted(self, proposal: Proposal) -> Proposal:
+        resolved = self.store.get(proposal.id) or proposal  # finish_interrupted marked the stored one
+        resolved.reasons.append(f"cut short by {self._abort_reason}")
+        await self._save(resolved)
+        return resolved
 
     async def _validate(self, proposal: Proposal, request: ChangeRequest) -> list[FileChange] | None:
         try:
@@ -183,7 +222,7 @@ class Pipeline(ApprovalStage, BehaviourStage):
             except Exception:  # the workspace itself is broken: the next start restores a backup
                 logger.exception("could not resolve interrupted transaction %s", proposal.id)
                 return "the workspace could not be put right; restart the supervisor to recover it"
-            if proposal.restarted:  # children may be running the abandoned code
+            if proposal.restarted and self._abort_reason is None:  # children may run the abandoned code
                 for child in self.affected([c.path for c in proposal.changes]):
                     child.request_restart()
             return outcome or "it had already finished"
@@ -231,6 +270,8 @@ class Pipeline(ApprovalStage, BehaviourStage):
             if proposal.commit is not None:
                 await _io(move_last_good, ws, self.history, proposal.commit, f"accepted {proposal.id}")
             await self._audit("accepted", id=proposal.id, commit=proposal.commit, verify_s=proposal.verify_s)
+            self._record("accepted", id=proposal.id, commit=proposal.commit)
+            self.aftercare.begin_probation(proposal, last_good)
             await _io(self.journal.finish, "applied")
             await self._prune()
             now = (await _io(ws.last_good) or "")[:12]
@@ -253,6 +294,8 @@ class Pipeline(ApprovalStage, BehaviourStage):
                 return trigger_for(spec), check.output_tail
         affected = self.affected([c.path for c in changes])
         proposal.restarted = [child.name for child in affected]
+        # Who was serving before the change: after a rollback they must serve again (see aftercare).
+        self._healthy_before = {c.name for c in affected if c.state is ChildState.RUNNING}
         if not affected:
             return await self._verify_behaviour(proposal, say)
         await say(f"restarting {', '.join(proposal.restarted)} and watching for min_runtime")
@@ -292,20 +335,25 @@ class Pipeline(ApprovalStage, BehaviourStage):
         return None
 
     def affected(self, paths: Sequence[str]) -> list[ManagedChild]:
-        """Children whose `watch` globs match a changed path (no `watch`: every path), wanted running."""
-        chosen = []
-        for child in self._children():
-            if not (child.wanted or child.state is ChildState.FATAL):
-                continue
-            if any(child.config.watches(path) for path in paths):
-                chosen.append(child)
-        return chosen
+        """Children whose `watch` globs match a changed path (no `watch`: every path), wanted running.
+
+        A Python file that no `watch` covers may still be imported by any server that runs Python
+        from the workspace: those all restart (an unverified import must not wait for the next start).
+        """
+        children = [c for c in self._children() if c.wanted or c.state is ChildState.FATAL]
+        unwatched_python = any(
+            path.endswith(".py") and not any(c.config.watches(path) for c in self._children()) for path in paths
+        )
+        return [
+            child for child in children
+            if any(child.config.watches(path) for path in paths) or (unwatched_python and runs_python(child))
+        ]
 
     async def watch_restart(self, children: Sequence[ManagedChild]) -> tuple[str, str] | None:
         """Restart `children` and watch each new incarnation for `min_runtime`: None if all held."""
         before = {child.name: child.generation for child in children}
         by_name = {child.name: child for child in children}
-        budget = max(c.config.handshake_timeout + c.machine.policy.min_runtime for c in children) + VERIFY_SLACK
+        budget = max(c.handshake_allowance + c.machine.policy.min_runtime for c in children) + VERIFY_SLACK
         with self._events.subscribe() as events:
             for child in children:
                 child.request_restart()
@@ -345,8 +393,14 @@ class Pipeline(ApprovalStage, BehaviourStage):
             "rollback", id=proposal.id, source="proposal", trigger=trigger, reason=evidence.splitlines()[0][:300],
             **{"from": proposal.commit, "to": saved.head},
         )
+        # A server that (re)started on its own during the transaction (a first start, a crash
+        # restart) may run the unverified change too: it restarts on last good as well.
+        for child in self.affected([c.path for c in proposal.changes]) if not self.halted else ():
+            if child.name not in proposal.restarted and (child.machine.started_at or 0) >= self._began_at:
+                child.request_restart()
         if proposal.restarted:  # children ran the bad code: bring them back on what was there
-            await restart_and_settle([c for c in self._children() if c.name in proposal.restarted])
+            await self.aftercare.bring_back([c for c in self._children() if c.name in proposal.restarted],
+                                            self._healthy_before, proposal.id)
         await self._prune()
 
     async def _prune(self) -> None:
@@ -375,15 +429,6 @@ class Pipeline(ApprovalStage, BehaviourStage):
         return await finish_interrupted(
             self.workspace, self.journal, self.store, self.audit, self.history, "supervisor restarted"
         )
-
-
-async def restart_and_settle(children: Sequence[ManagedChild], timeout: float = 30.0) -> None:
-    """Restart `children` now and wait until each new incarnation is past its handshake (or failed)."""
-    before = {child.name: child.generation for child in children}
-    for child in children:
-        child.request_restart()
-    for child in children:
-        await child.wait_for(lambda c: c.settled_since(before[c.name]), timeout)
 
 
 def _evidence(child: ManagedChild, reason: str, before_generation: int) -> str:

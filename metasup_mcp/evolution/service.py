@@ -56,6 +56,7 @@ class ChangeService:
         instance_id: str,
         refuse_reason: Callable[[], str | None],
         behaviour: BehaviourCheck | None = None,
+        unrecoverable: Callable[[str, str | None], None] = lambda reason, change_id: None,
     ) -> None:
         settings = config.supervisor
         self._config = config
@@ -65,6 +66,7 @@ class ChangeService:
         self._record = record
         self._instance_id = instance_id
         self._refuse_reason = refuse_reason
+        self._unrecoverable = unrecoverable
         state = settings.state_dir
         assert state is not None  # load_config always resolves it
         self.backup_dir = state / "backups"
@@ -120,7 +122,9 @@ class ChangeService:
             ws, settings, self.policy, self.store, self.journal, self.audit, self.history, self._children,
             self._events, self._instance_id, refuse_reason=self._refuse_reason, record=self._record,
             coordinator=self.coordinator, pending=self.pending, behaviour=self.behaviour,
+            unrecoverable=self._unrecoverable,
         )
+        pipeline.aftercare.move_code = self._move_code
         self.guard = DiskGuard(
             ws, self.policy, pipeline.lock, lambda: pipeline.in_transaction, self._events, self.audit,
             self.history, pipeline.screen, self._record,
@@ -146,9 +150,11 @@ class ChangeService:
     async def run_background(self) -> None:
         """The on-disk guard and periodic backups, for the life of the supervisor."""
         assert self.guard is not None
+        assert self.pipeline is not None
         async with anyio.create_task_group() as tg:
             tg.start_soon(self.guard.run)
             tg.start_soon(self._expire_pending)
+            tg.start_soon(self.pipeline.aftercare.run_probation)
             if self.settings.rollback.enabled:
                 tg.start_soon(self._backups)
 
@@ -181,6 +187,23 @@ class ChangeService:
         assert self.pipeline is not None
         with _operational_errors("the change"):
             return await self.pipeline.propose(request, progress)
+
+    async def save(self, proposal: Proposal) -> None:
+        await blocking(self.store.save, proposal)
+
+    async def abort_transaction(self, reason: str) -> None:
+        """Roll back the change in flight, if any, and restart nothing until `resume` (see `Pipeline.abort`)."""
+        if self.pipeline is not None:
+            await self.pipeline.abort(reason)
+
+    def halt(self) -> None:
+        """An emergency from inside the safety loop: finish what runs, but restart nothing until `resume`."""
+        if self.pipeline is not None:
+            self.pipeline.halted = True
+
+    def resume(self) -> None:
+        if self.pipeline is not None:
+            self.pipeline.resume()
 
     def get(self, proposal_id: str) -> Proposal:
         proposal = self.store.get(proposal_id)
@@ -285,6 +308,24 @@ class ChangeService:
                 "branch": "moved back" if moved_branch else "committed forward", "paths": paths,
                 "restarted": [c.name for c in affected]}
 
+    async def _move_code(self, to: str, *, source: str, trigger: str, reason: str, change_id: str | None) -> None:
+        """With the pipeline's lock held: the code back to verified `to` as `rollback` puts it (what it
+        overwrites saved first), `to` made last good, audited (probation failures, fallbacks)."""
+        ws = self.workspace
+        assert ws is not None
+        current = await blocking(ws.head)
+        paths = await blocking(self._code_paths_differing, to)
+        saved = await blocking(ws.save, paths, f"before {source} rollback to {to[:12]}")
+        kept = await self._keep_unverified(current, to)
+        await blocking(ws.put_back, to, paths)
+        await blocking(self._branch_to, current, to, paths)
+        await blocking(move_last_good, ws, self.history, to, f"{source}: {reason[:200]}")
+        await blocking(self.audit.append, "rollback", id=change_id, source=source, trigger=trigger,
+                       reason=reason[:300], bad_commit=current, to=to, saved_ref=saved.ref, rejected_ref=kept,
+                       paths=paths, evidence=reason[-2000:])
+        self._record("rollback", id=change_id, source=source, trigger=trigger, reason=reason[:300],
+                     **{"from": current, "to": to})
+
     def _code_paths_differing(self, to: str) -> list[str]:
         """What a rollback to `to` resets: paths committed differently since `to`, and on-disk
         edits under some server's `watch`; never data, operator-owned or other uncommitted work."""
@@ -363,7 +404,7 @@ class ChangeService:
                 kept = await self._keep_unverified(current, last_good)
                 await blocking(ws.put_back, last_good, paths)
                 await blocking(self._branch_to, current, last_good, paths)
-                await blocking(self.audit.append, "rollback", source="emergency", trigger="max_failures",
+                await blocking(self.audit.append, "rollback", source="emergency", trigger="emergency",
                                bad_commit=current, to=last_good, saved_ref=saved.ref, rejected_ref=kept, paths=paths)
                 return last_good
         except WorkspaceError as exc:

@@ -16,6 +16,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from metasup_mcp.config import StatusHttpSettings
+from metasup_mcp.evolution.requests import ChangeRequest
 from metasup_mcp.http_status import bind_refusal, human_duration, run_status_http
 from metasup_mcp.supervisor import Supervisor
 from tests.http_status_support import Serve, status_config, serve, until  # noqa: F401 (serve: fixture)
@@ -263,7 +264,9 @@ def test_uptime_reads_like_the_seed(seconds: float | None, text: str | None) -> 
 
 async def test_the_events_survive_a_supervisor_restart_and_include_manual_rollbacks(serve: Serve) -> None:
     async with serve(servers=["alpha"]) as (supervisor, url):
-        await supervisor.rollback("last_good", reason="operator undo")
+        change = ChangeRequest("add a file", changes=[{"path": "notes.txt", "content": "hello\n"}])
+        assert (await supervisor.propose_change(change)).verdict == "applied"
+        await supervisor.rollback("previous", reason="operator undo")
     async with serve(servers=["alpha"]) as (supervisor, url):
         rollbacks = (await get(f"{url}/supervisor/events?event=rollback")).json()["events"]
         status = (await get(f"{url}/supervisor/status")).json()

@@ -37,7 +37,7 @@ from metasup_mcp.evolution.proposals import Proposal
 from metasup_mcp.evolution.service import ChangeError, ChangeService
 from metasup_mcp import timeline
 from metasup_mcp.gateway import Gateway
-from metasup_mcp.gateway.naming import allowed
+from metasup_mcp.gateway.naming import allowed, exposed_name
 from metasup_mcp.safety.workspace import WorkspaceError
 
 logger = logging.getLogger(__name__)
@@ -163,8 +163,9 @@ class Supervisor:
             if not child.at_rest:
                 continue
             namespace = child.config.exposed_namespace
-            offered = [t.name for t in child.tools if allowed(child.config.tools, t.name)]
-            own = {f"{namespace}__{name}" if namespace else name for name in offered}
+            rename = child.config.tools.rename
+            offered = [rename.get(t.name, t.name) for t in child.tools if allowed(child.config.tools, t.name)]
+            own = {exposed_name(namespace, name) for name in offered}
             if tool not in own and not (namespace and tool.startswith(f"{namespace}__")):
                 continue
             if self.mode == "emergency":

@@ -189,7 +189,7 @@ async def test_a_child_leaking_memory_is_restarted_for_memory(supervisor: Superv
     assert s["last_error"].startswith("unhealthy: memory:") and "over 60 MB" in s["last_error"]
 
 
-@pytest.mark.servers(fixture_server("spinner", "--spin"), health_checks={"max_cpu_percent": 50})
+@pytest.mark.servers(fixture_server("spinner", "--spin"), health_checks={"max_cpu_percent": 20})
 async def test_a_child_spinning_the_cpu_is_restarted_for_cpu(supervisor: Supervisor) -> None:
     child = await running(supervisor, "spinner")
     decided, gone = await breach_times(child)

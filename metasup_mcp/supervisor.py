@@ -21,6 +21,7 @@ from anyio.abc import TaskGroup
 from metasup_mcp.children.child import ChildEvent, ManagedChild, Supervision
 from metasup_mcp.children.events import EventHub
 from metasup_mcp.children.manager import ServerManager, UnknownServer
+from metasup_mcp.children.sandbox import SandboxPlan, SandboxUnavailable, plan_sandbox, protected_paths
 from metasup_mcp.children.state import ChildState
 from metasup_mcp.children.sweep import (
     StateInUse,
@@ -64,6 +65,7 @@ class Supervisor:
         self._started_monotonic: float | None = None
         self._tg: TaskGroup | None = None
         self.events: list[dict[str, Any]] = []  # recent notable events, newest last
+        self.sandbox = _sandbox_for(config)
         self.manager = ServerManager(
             self.settings.mcp_servers,
             Supervision(
@@ -72,6 +74,7 @@ class Supervisor:
                 min_runtime=self.settings.min_runtime,
                 health=self.settings.health_checks,
                 restart=self.settings.restart,
+                sandbox=self.sandbox,
             ),
             self._on_child_event,
         )
@@ -102,7 +105,8 @@ class Supervisor:
             claim_instance(self.settings.state_dir, self.instance_id)
             try:
                 await self.changes.open()
-                assert self.changes.guard is not None
+                assert self.changes.guard is not None and self.changes.pipeline is not None
+                self.changes.pipeline.sandbox = self.changes.pipeline.coordinator.sandbox = self.sandbox
                 for child in self.manager:
                     child.before_start = self.changes.guard.before_start
                 self._started_monotonic = anyio.current_time()
@@ -430,6 +434,7 @@ class Supervisor:
             "strategy_reason": strategy.reason,
             "workspace": str(self.settings.workspace),
             "config": self.changes.config_status(),
+            "sandbox": self.sandbox.describe(),
         }
 
     def _probation(self) -> dict[str, Any] | None:
@@ -461,6 +466,7 @@ class Supervisor:
             if live else {"rss_mb": None, "cpu_percent": None, "probe_ms": None},
             "last_error": child.last_error,
             "tools": len(child.tools),
+            "sandbox": self.sandbox.kind,  # what the current incarnation was started in
             "gateway": self.gateway.server_status(child.name),
             # Non-JSON-RPC lines the current (or last) incarnation wrote on stdout: dropped, counted.
             "stdout_garbage": {
@@ -508,6 +514,17 @@ class Supervisor:
             "supervisor": self.supervisor_block(),
             "servers": {child.name: self.server_status(child) for child in children},
         }
+
+
+def _sandbox_for(config: Config) -> SandboxPlan:
+    settings = config.supervisor
+    readonly = [*settings.readonly_paths, *([settings.safety_rules_file] if settings.safety_rules_file else [])]
+    token = settings.approval.operator_token_file
+    protected = protected_paths(settings.workspace, settings.state_dir, config.source, readonly, [token] if token else [])
+    try:
+        return plan_sandbox(settings.sandbox, protected)
+    except SandboxUnavailable as exc:
+        raise SupervisorError(str(exc)) from None
 
 
 def _started_since(child: ManagedChild, generation: int) -> bool:

@@ -201,6 +201,29 @@ def marked_processes(token: str | None = None, instances: Set[str] = frozenset()
     return found
 
 
+def is_wrapper(proc: psutil.Process) -> bool:
+    """bwrap or the reaper: what the supervisor puts around a child, not the child itself."""
+    try:
+        cmdline = proc.cmdline()
+    except psutil.Error:
+        return False
+    return bool(cmdline) and (cmdline[0].endswith("bwrap") or any(w.endswith("children/reaper.py") for w in cmdline[:5]))
+
+
+def host_pid(root: int, inner: int) -> int:
+    """The host pid of the process below `root` that sees itself as `inner` (inside a sandbox's
+    PID namespace pids differ; outside one, `inner` is the host pid)."""
+    for proc in psutil.Process(root).children(recursive=True):
+        try:
+            with open(f"/proc/{proc.pid}/status") as f:
+                nspid = next(line.split()[1:] for line in f if line.startswith("NSpid:"))
+        except (OSError, StopIteration):
+            continue
+        if int(nspid[-1]) == inner:
+            return proc.pid
+    return inner
+
+
 def alive(pid: int | None) -> bool:
     if pid is None:
         return False

@@ -27,6 +27,7 @@ from tests.conftest import (
     THRESHOLD,
     ConfigMaker,
     alive,
+    host_pid,
     eventually,
     fixture_server,
     record_timing,
@@ -229,7 +230,7 @@ async def test_a_child_that_ignores_sigterm_is_killed_after_its_stop_timeout(sup
 @pytest.mark.servers(fixture_server("parent", "--spawn-grandchild", "--grandchild-ignores-sigterm"))
 async def test_stopping_a_child_also_kills_the_grandchild_it_spawned(supervisor: Supervisor) -> None:
     child = await running(supervisor, "parent")
-    grandchild = int((await call(child, "grandchild_pid")).content[0].text)
+    grandchild = host_pid(child.pid, int((await call(child, "grandchild_pid")).content[0].text))
     assert alive(grandchild)
     await supervisor.stop_server("parent")
     await eventually(lambda: not alive(grandchild), timeout=1)
@@ -238,7 +239,7 @@ async def test_stopping_a_child_also_kills_the_grandchild_it_spawned(supervisor:
 @pytest.mark.servers(fixture_server("parent", "--spawn-grandchild"))
 async def test_a_grandchild_does_not_outlive_a_kill_9_of_its_parent(supervisor: Supervisor) -> None:
     child = await running(supervisor, "parent")
-    grandchild = int((await call(child, "grandchild_pid")).content[0].text)
+    grandchild = host_pid(child.pid, int((await call(child, "grandchild_pid")).content[0].text))
     os.kill(child.pid, signal.SIGKILL)
     await next_exit(child, timeout=SLACK)
     await eventually(lambda: not alive(grandchild), timeout=SLACK)
@@ -313,7 +314,8 @@ async def test_stop_start_and_restart_on_request_and_the_stderr_tail(supervisor:
     child = await running(supervisor, "plain")
     first_pid = child.pid
     await eventually(lambda: len(supervisor.server_logs("plain")) >= 3, timeout=SLACK)
-    assert supervisor.server_logs("plain", 1) == [f"fixture[{first_pid}]: stderr line 3"]
+    # The pid a child sees of itself is its sandbox's (PID namespace), not the host's.
+    assert [line.split("]: ", 1)[1] for line in supervisor.server_logs("plain", 1)] == ["stderr line 3"]
 
     stopped = await supervisor.stop_server("plain")
     assert stopped["state"] == "stopped" and stopped["last_error"] is None and not alive(first_pid)

@@ -26,6 +26,7 @@ from pydantic import ValidationError
 from metasup_mcp.aio import blocking
 from metasup_mcp.children.health import HealthFigures, HealthLimits, HealthReason, HealthTracker, TreeSampler
 from metasup_mcp.children.process import ChildProcess, SpawnSpec, StderrRing, child_environment, spawn_child
+from metasup_mcp.children.sandbox import SandboxPlan
 from metasup_mcp.children.state import ChildState, ChildStateMachine, ExitDecision, RestartPolicy
 from metasup_mcp.config import HealthChecks, RestartSettings, ServerConfig
 
@@ -62,6 +63,7 @@ class Supervision:
     min_runtime: float
     health: HealthChecks
     restart: RestartSettings
+    sandbox: SandboxPlan | None = None  # None: started bare (unit tests of supervision only)
 
 
 @dataclass
@@ -271,6 +273,7 @@ class ManagedChild:
             cwd=self._supervision.workspace / (self.config.cwd or ""),
             env=child_environment(self.config.env, self._supervision.instance_id),
             stop_timeout=self.config.stop_timeout,
+            sandbox=self._supervision.sandbox,
         )
         try:
             async with spawn_child(spec, self._on_stderr) as streams:

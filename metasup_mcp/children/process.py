@@ -8,10 +8,12 @@ drained continuously so that a chatty child can never block on a full pipe.
 from __future__ import annotations
 
 import collections
+import errno
 import itertools
 import json
 import logging
 import os
+import shutil
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager, suppress
@@ -25,6 +27,7 @@ from mcp.shared.message import SessionMessage
 from pydantic import ValidationError
 
 from metasup_mcp.aio import BorrowedStream, LineSplitter
+from metasup_mcp.children.sandbox import SandboxPlan, wrap_argv
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +54,27 @@ class SpawnSpec:
     cwd: Path
     env: Mapping[str, str]
     stop_timeout: float = 5.0
+    # None: started bare (tests of the process layer only); children and checks always get one.
+    sandbox: SandboxPlan | None = None
+
+    def command(self) -> list[str]:
+        """The command line actually run: `argv` inside the sandbox or under the reaper.
+
+        Raises FileNotFoundError / PermissionError as a bare spawn would, before the wrapper
+        starts, so that a missing program reads as one and not as the wrapper's exit code.
+        """
+        if self.sandbox is None:
+            return self.argv
+        program = self.argv[0]
+        if "/" in program:
+            found: str | None = str(self.cwd / program)
+        else:
+            found = shutil.which(program, path=self.env.get("PATH", os.defpath))
+        if found is None or not Path(found).is_file():
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory", program)
+        if not os.access(found, os.X_OK):
+            raise PermissionError(errno.EACCES, "Permission denied", program)
+        return wrap_argv(self.sandbox, self.argv, self.cwd)
 
 
 def child_environment(declared: Mapping[str, str], instance_id: str) -> dict[str, str]:
@@ -142,6 +166,19 @@ class ChildProcess:
         with suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pid, sig)
 
+    def kill_tree(self) -> None:
+        """SIGKILL every process the child ever started, helpers that left its group included.
+
+        In bwrap the group's SIGKILL reaches the namespace's init, and the kernel ends the rest
+        of the PID namespace. Under the reaper, SIGUSR1 asks it to end its subtree first (a
+        SIGKILL would kill the reaper before it could); the group's SIGKILL follows regardless.
+        """
+        if self.spec.sandbox is not None and self.spec.sandbox.kind == "reaper" and self.returncode is None:
+            with suppress(ProcessLookupError, PermissionError):
+                os.kill(self.pid, signal.SIGUSR1)
+            return
+        self.signal_group(signal.SIGKILL)
+
     async def stop(self, stop_timeout: float) -> int | None:
         """Close stdin, grace, SIGTERM to the group, `stop_timeout`, SIGKILL to the group; always reap."""
         with anyio.CancelScope(shield=True):
@@ -151,8 +188,10 @@ class ChildProcess:
             if not await self._wait_exit(STDIN_CLOSE_GRACE):
                 self.signal_group(signal.SIGTERM)
                 if not await self._wait_exit(stop_timeout):
-                    self.signal_group(signal.SIGKILL)
-                    await self._wait_exit(2.0)
+                    self.kill_tree()
+                    if not await self._wait_exit(2.0):
+                        self.signal_group(signal.SIGKILL)
+                        await self._wait_exit(2.0)
             # The leader is gone; descendants left in its group (a forked helper) go too.
             self.signal_group(signal.SIGKILL)
             return self.returncode
@@ -324,7 +363,7 @@ class ChildStreams:
 async def spawn_child(spec: SpawnSpec, on_stderr_line: Callable[[str], None]) -> AsyncIterator[ChildStreams]:
     """Start the child, its exit watch and stderr drain; on exit from the block, stop it and reap it."""
     process = await anyio.open_process(
-        spec.argv,
+        spec.command(),
         cwd=spec.cwd,
         env=dict(spec.env),
         start_new_session=True,  # its own process group: one signal reaches the whole tree

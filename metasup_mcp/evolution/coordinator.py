@@ -14,7 +14,8 @@ from pathlib import Path
 
 from metasup_mcp.config import CheckSpec, SupervisorConfig
 from metasup_mcp.evolution.approval import Decision, DiffSummary, decide, summarize
-from metasup_mcp.evolution.checks import run_checks
+from metasup_mcp.children.sandbox import SandboxPlan
+from metasup_mcp.evolution.checks import check_input_globs, guarded_check_inputs, run_checks
 from metasup_mcp.evolution.performance import MetricStore, Performance, measure, parse_metric, relative_gain
 from metasup_mcp.evolution.proposals import ProposalStore
 from metasup_mcp.evolution.strategy import StrategyChoice, select_strategy
@@ -47,6 +48,8 @@ class Coordinator:
         self.settings = settings
         self.store = store
         self.metrics = metrics
+        self.check_inputs = check_input_globs(settings.checks, settings.check_inputs)
+        self.sandbox: SandboxPlan | None = None  # what the benchmark runs in (set by the Supervisor)
 
     def performance(self) -> Performance:
         return measure(self.store.all())
@@ -58,6 +61,10 @@ class Coordinator:
         strategy = self.strategy()
         diff, text = summarize(root, changes)
         decision = decide(self.settings.approval, self.settings.strategy, strategy, [c.path for c in changes], diff)
+        guarded = guarded_check_inputs([c.path for c in changes], self.check_inputs)
+        if decision.verdict == "approve" and guarded:  # a change must not rewrite what judges it
+            reason = f"{', '.join(guarded)} decide what the checks test (check_inputs): a human must approve"
+            decision = Decision("human", reason, "policy:check_inputs")
         return Assessment(decision, strategy, diff, text)
 
     # -- the benchmark ---------------------------------------------------------------------
@@ -70,7 +77,7 @@ class Coordinator:
         # Python validates cached bytecode by source mtime (whole seconds) and size: an edit of the
         # same size within a second would be measured on the old code. A fresh cache each run.
         with tempfile.TemporaryDirectory(prefix="metasup-bench-") as cache:
-            (outcome,) = await run_checks([spec], root, [], {**env, "PYTHONPYCACHEPREFIX": cache})
+            (outcome,) = await run_checks([spec], root, [], {**env, "PYTHONPYCACHEPREFIX": cache}, self.sandbox)
         metric = parse_metric(outcome.output_tail) if outcome.ok else None
         if metric is not None:
             self.metrics.put(commit, metric)

@@ -25,6 +25,7 @@ from metasup_mcp.aio import blocking as _io
 from metasup_mcp.children.child import ManagedChild
 from metasup_mcp.children.events import EventHub
 from metasup_mcp.children.process import child_environment
+from metasup_mcp.children.sandbox import SandboxPlan
 from metasup_mcp.children.state import ChildState
 from metasup_mcp.config import SupervisorConfig
 from metasup_mcp.evolution.approval import PendingContent
@@ -104,6 +105,7 @@ class Pipeline(ApprovalStage, BehaviourStage):
         self._healthy_before: set[str] = set()
         self._began_at = 0.0  # clock time the transaction in flight began
         self.aftercare = Aftercare(self)  # probation, and bringing last good back to health
+        self.sandbox: SandboxPlan | None = None  # what checks run in (set by the Supervisor)
 
     @property
     def queue_length(self) -> int:
@@ -286,7 +288,7 @@ class Pipeline(ApprovalStage, BehaviourStage):
         await say("running checks")
         changed = [c.path for c in changes if not c.delete]
         env = child_environment({}, instance_id=self._instance_id)
-        proposal.checks = await run_checks(self.settings.checks, self.workspace.root, changed, env)
+        proposal.checks = await run_checks(self.settings.checks, self.workspace.root, changed, env, self.sandbox)
         await _io(self.journal.step, "checked", ok=all(c.ok for c in proposal.checks))
         _fault_point("checked")
         for spec, check in zip(self.settings.checks, proposal.checks, strict=False):

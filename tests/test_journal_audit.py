@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from metasup_mcp.safety import audit as audit_mod
-from metasup_mcp.safety.audit import GENESIS, AuditError, AuditLog, entry_hash, verify_audit_log
+from metasup_mcp.safety.audit import GENESIS, AuditError, AuditLog, entry_hash, load_key, verify_audit_log
 from metasup_mcp.safety.journal import CorruptJournal, Journal, JournalError, JournalRecord
 
 # --- journal ---------------------------------------------------------------------------
@@ -106,8 +106,9 @@ def test_the_chain_continues_across_reopening_and_verifies(tmp_path: Path) -> No
 
 def test_an_entry_hash_covers_everything_but_itself(tmp_path: Path) -> None:
     entry = AuditLog(tmp_path / "a.jsonl").append("x", n=1, where=tmp_path)
+    key = load_key(tmp_path / "a.jsonl")
     assert entry["data"] == {"n": 1, "where": str(tmp_path)}
-    assert entry["hash"] == entry_hash(entry) == entry_hash({k: v for k, v in entry.items() if k != "hash"})
+    assert entry["hash"] == entry_hash(entry, key) == entry_hash({k: v for k, v in entry.items() if k != "hash"}, key)
 
 
 def _fill(path: Path, n: int) -> None:
@@ -133,12 +134,64 @@ def test_verify_catches_an_edit_whose_hash_was_recomputed_at_the_next_line(tmp_p
     lines = _lines(path)
     forged = json.loads(lines[1])
     forged["data"]["i"] = 42
-    forged["hash"] = entry_hash(forged)
+    forged["hash"] = entry_hash(forged, load_key(path))  # even with the key
     lines[1] = json.dumps(forged) + "\n"
     path.write_text("".join(lines), encoding="utf-8")
     verdict = verify_audit_log(path)
     assert (verdict.ok, verdict.first_bad_line) == (False, 3)
     assert verdict.problem is not None and "prev" in verdict.problem
+
+
+def _rechain_without_the_key(path: Path, keep: int, edit: dict[int, int]) -> None:
+    """What a child that can write the log does: re-compute every hash it can, and the head too."""
+    prev, out = GENESIS, []
+    for raw in _lines(path)[:keep]:
+        entry = json.loads(raw)
+        if entry["seq"] in edit:
+            entry["data"]["i"] = edit[entry["seq"]]
+        entry["prev"] = prev
+        entry["hash"] = prev = entry_hash(entry)
+        out.append(json.dumps(entry) + "\n")
+    path.write_text("".join(out), encoding="utf-8")
+
+
+def test_a_log_rewritten_with_a_recomputed_chain_fails_verify_without_the_key(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    _fill(path, 4)
+    _rechain_without_the_key(path, keep=4, edit={2: 42})
+    verdict = verify_audit_log(path)
+    assert (verdict.ok, verdict.first_bad_line) == (False, 1)
+    assert "key" in (verdict.problem or "")
+
+
+def test_cutting_off_the_newest_entries_fails_verify(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    _fill(path, 5)
+    path.write_text("".join(_lines(path)[:3]), encoding="utf-8")
+    verdict = verify_audit_log(path)
+    assert not verdict.ok and verdict.entries == 3
+    assert "entry 5 was written" in (verdict.problem or "") and "cut off" in (verdict.problem or "")
+
+
+def test_an_emptied_log_or_a_lost_head_or_key_fails_verify(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    _fill(path, 2)
+    head = path.with_name("audit.jsonl.head")
+    saved = head.read_text()
+    head.unlink()
+    assert "head record" in (verify_audit_log(path).problem or "")
+    head.write_text(saved)
+    path.write_bytes(b"")
+    assert "cut off" in (verify_audit_log(path).problem or "")
+
+
+def test_the_key_is_private_to_its_owner(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    _fill(path, 1)
+    key = path.with_name("audit.jsonl.key")
+    assert key.stat().st_mode & 0o777 == 0o600 and len(key.read_bytes()) == 32
+    key.unlink()
+    assert "key" in (verify_audit_log(path).problem or "")
 
 
 def test_verify_names_the_gap_left_by_a_deleted_line(tmp_path: Path) -> None:

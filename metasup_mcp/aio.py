@@ -39,13 +39,18 @@ class LineSplitter:
     in `overlong` (for protocol messages, where half a message is worth nothing).
     """
 
+    ENDS_KEPT = 512
+
     def __init__(self, limit: int, *, truncate: bool = False) -> None:
         self.limit = limit
         self.truncate = truncate
         self.overlong = 0
+        # (first, last) ENDS_KEPT bytes of each dropped line, until taken: enough to find its id.
+        self.dropped: list[tuple[bytes, bytes]] = []
         self._parts: list[bytes] = []
         self._size = 0
         self._overflowed = False
+        self._head = self._tail = b""
 
     def feed(self, chunk: bytes) -> list[bytes]:
         lines: list[bytes] = []
@@ -56,9 +61,13 @@ class LineSplitter:
                 self.overlong += 1
                 if self.truncate:
                     lines.append(b"".join(self._parts))
+                else:
+                    self.dropped.append((self._head, self._tail))
+                    del self.dropped[:-16]
             else:
                 lines.append(b"".join(self._parts))
             self._parts, self._size, self._overflowed = [], 0, False
+            self._head = self._tail = b""
             start = end + 1
         self._take(chunk[start:])
         return lines
@@ -68,15 +77,24 @@ class LineSplitter:
         return b"" if self._overflowed and not self.truncate else b"".join(self._parts)
 
     def _take(self, piece: bytes) -> None:
-        if not piece or (self._overflowed and not self.truncate):
+        if not piece:
+            return
+        if self._overflowed and not self.truncate:
+            self._tail = (self._tail + piece)[-self.ENDS_KEPT :]
             return
         room = self.limit - self._size
         if len(piece) > room:
             self._overflowed = True
-            piece = piece[: max(room, 0)] if self.truncate else b""
             if not self.truncate:
+                self._head = b""
+                for part in (*self._parts, piece):
+                    self._head += part[: self.ENDS_KEPT - len(self._head)]
+                    if len(self._head) >= self.ENDS_KEPT:
+                        break
+                self._tail = piece[-self.ENDS_KEPT :]
                 self._parts, self._size = [], 0
                 return
+            piece = piece[: max(room, 0)]
         if piece:
             self._parts.append(piece)
             self._size += len(piece)

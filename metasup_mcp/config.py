@@ -23,6 +23,10 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]+$")
 MAX_EXPOSED_NAME = 64  # what MCP clients accept for a tool or prompt name
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+# The longest JSON-RPC message the stdio wire and the HTTP transport read. A change set must fit
+# in it with room for JSON escaping, so `max_files × max_file_bytes` may use half of it.
+WIRE_MESSAGE_BYTES = 64 * 1024 * 1024
+CHANGE_SET_BUDGET = WIRE_MESSAGE_BYTES // 2
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 # Commands that mean "the interpreter running the supervisor", so that example children can
 # import the same `mcp` package without the user activating a virtualenv first.
@@ -329,7 +333,7 @@ class SupervisorConfig(_Strict):
     check_inputs: list[str] | None = None
     writable_paths: list[str] = []
     safety_rules_file: Path | None = None
-    max_file_bytes: int = Field(1024 * 1024, gt=0)
+    max_file_bytes: int = Field(256 * 1024, gt=0)
     max_files: int = Field(100, gt=0)
     health_checks: HealthChecks = HealthChecks()
     restart: RestartSettings = RestartSettings()
@@ -343,6 +347,16 @@ class SupervisorConfig(_Strict):
     mcp_servers: list[ServerConfig] = []
     # Longest exposed tool or prompt name; longer ones are cut (see docs/gateway.md). Some clients cut at 60.
     max_tool_name: int = Field(MAX_EXPOSED_NAME, ge=16, le=MAX_EXPOSED_NAME)
+
+    @model_validator(mode="after")
+    def _change_sets_fit_the_wire(self) -> SupervisorConfig:
+        if self.max_files * self.max_file_bytes > CHANGE_SET_BUDGET:
+            raise ValueError(
+                f"max_files × max_file_bytes is {self.max_files * self.max_file_bytes} bytes, more than a request "
+                f"can carry ({CHANGE_SET_BUDGET} bytes, half the {WIRE_MESSAGE_BYTES}-byte wire limit, leaving room "
+                "for JSON escaping): lower one of them"
+            )
+        return self
 
     @field_validator("mcp_servers")
     @classmethod
@@ -518,5 +532,18 @@ def check_executables(config: Config) -> list[str]:
 
 
 def effective_config(config: Config) -> dict[str, Any]:
-    """The config as the supervisor will use it, for `check-config` (JSON-safe)."""
-    return config.model_dump(mode="json")
+    """The config as the supervisor will use it, for `check-config` (JSON-safe), secrets hidden:
+    a value expanded from the environment shows as its `${NAME}`, a server `env` entry whose
+    name says secret and the status token as `<set>`."""
+    from metasup_mcp.redact import Redactor, looks_secret, secrets_from
+
+    as_reference = Redactor(secrets_from(os.environ))
+    data = as_reference.data(config.model_dump(mode="json"), template="${{{name}}}")
+    sup = data["supervisor"]
+    for server in sup.get("mcp_servers", []):
+        server["env"] = {
+            k: "<set>" if looks_secret(k) and not v.startswith("${") else v for k, v in server["env"].items()
+        }
+    if sup.get("status_http", {}).get("token"):
+        sup["status_http"]["token"] = "<set>"
+    return data

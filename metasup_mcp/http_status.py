@@ -41,7 +41,10 @@ from metasup_mcp.metrics import render_metrics
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["build_app", "run_status_http", "bind_refusal", "status_document", "human_duration"]
+__all__ = [
+    "allowed_authorities", "bind_refusal", "build_app", "foreign_request", "human_duration", "run_status_http",
+    "status_document",
+]
 
 # How long a closing status server may take to finish its responses before it is cut off.
 SHUTDOWN_GRACE = 3.0
@@ -95,8 +98,47 @@ def status_document(supervisor: Any) -> dict[str, Any]:
 # -- the app ---------------------------------------------------------------------------
 
 
-def build_app(supervisor: Any, token: str | None = None) -> Starlette:
-    """The ASGI app; with a `token`, every endpoint answers 401 without it."""
+def allowed_authorities(host: str, port: int) -> list[str] | None:
+    """The `Host` values (host:port) a server bound to `host`:`port` answers; None for a wildcard
+    bind (0.0.0.0, ::), which has no one name. A loopback bind answers all loopback names."""
+    try:
+        if ipaddress.ip_address(host).is_unspecified:
+            return None
+    except ValueError:
+        pass
+    names = {host, "127.0.0.1", "localhost", "::1"} if is_loopback(host) else {host}
+    authorities = []
+    for name in sorted(names):
+        shown = f"[{name}]" if ":" in name else name
+        authorities.append(f"{shown}:{port}".lower())
+        if port == 80:
+            authorities.append(shown.lower())
+    return authorities
+
+
+def foreign_request(headers: Any, allowed: list[str] | None) -> tuple[int, str] | None:
+    """(status, reason) when `Host` or `Origin` is not the bound address (DNS rebinding), else None.
+
+    A page on another site whose name an attacker re-points at 127.0.0.1 reaches a loopback
+    server with its own name in `Host` and `Origin`; only the bound names are answered.
+    Source: the MCP transport's security notes (validate Origin; bind to localhost).
+    """
+    if allowed is None:
+        return None
+    host = (headers.get("host") or "").lower()
+    if host not in allowed:
+        return 421, f"Host {host or '(none)'!r} is not this server's address ({', '.join(allowed)})"
+    origin = headers.get("origin")
+    if origin is not None:
+        scheme, _, authority = origin.lower().partition("://")
+        if scheme not in ("http", "https") or authority.rstrip("/") not in allowed:
+            return 403, f"Origin {origin!r} is not this server's address"
+    return None
+
+
+def build_app(supervisor: Any, token: str | None = None, allowed_hosts: list[str] | None = None) -> Starlette:
+    """The ASGI app; with a `token`, every endpoint answers 401 without it; with `allowed_hosts`
+    (host:port values, see `allowed_authorities`), a request naming another Host or Origin is refused."""
 
     async def status(request: Request) -> Response:
         return _json(status_document(supervisor))
@@ -143,6 +185,8 @@ def build_app(supervisor: Any, token: str | None = None) -> Starlette:
 
     def guarded(endpoint: Endpoint, page: bool = False) -> Endpoint:
         async def handle(request: Request) -> Response:
+            if (foreign := foreign_request(request.headers, allowed_hosts)) is not None:
+                return _json({"error": f"refused: {foreign[1]}"}, status=foreign[0])
             if token is not None and not _authorized(request, token, allow_query=page):
                 return _json({"error": "unauthorized: send the status_http token as 'Authorization: Bearer <token>'"},
                              status=401, headers={"WWW-Authenticate": 'Bearer realm="metasup"'})
@@ -295,7 +339,7 @@ async def run_status_http(
     url = _base_url(sock)
     server = QuietServer(
         uvicorn.Config(
-            build_app(supervisor, settings.token),
+            build_app(supervisor, settings.token, allowed_authorities(settings.host, sock.getsockname()[1])),
             lifespan="off",
             log_config=None,  # no handlers of uvicorn's own: its default access log writes to stdout
             access_log=False,

@@ -9,9 +9,10 @@ import signal
 import anyio
 import uvicorn
 from mcp.server.stdio import stdio_server
+from mcp.server.transport_security import TransportSecuritySettings
 
-from metasup_mcp.config import Config
-from metasup_mcp.http_status import QuietServer, is_loopback, run_status_http
+from metasup_mcp.config import WIRE_MESSAGE_BYTES, Config
+from metasup_mcp.http_status import QuietServer, allowed_authorities, is_loopback, run_status_http
 from metasup_mcp.mcp_server import SupervisorSurface
 from metasup_mcp.stdio import wire
 from metasup_mcp.supervisor import Supervisor, SupervisorError
@@ -56,7 +57,16 @@ async def serve_http(config: Config, args: argparse.Namespace) -> None:
         tg.start_soon(run_status_http, supervisor, config.supervisor.status_http)
         tg.start_soon(reload_on_sighup, supervisor)
         server = SupervisorSurface(supervisor).build()
-        app = server.streamable_http_app(host=args.host)
+        # Only the bound address in Host and Origin (DNS rebinding), the exact port included.
+        authorities = allowed_authorities(args.host, args.port) or []
+        security = TransportSecuritySettings(
+            enable_dns_rebinding_protection=True,
+            allowed_hosts=authorities,
+            allowed_origins=[f"{scheme}://{a}" for a in authorities for scheme in ("http", "https")],
+        )
+        app = server.streamable_http_app(
+            host=args.host, transport_security=security, max_request_body_size=WIRE_MESSAGE_BYTES
+        )
         uv = QuietServer(uvicorn.Config(
             app, host=args.host, port=args.port, log_level="warning", lifespan="on",
             timeout_graceful_shutdown=HTTP_SHUTDOWN_GRACE,  # open SSE streams must not hold the exit

@@ -14,7 +14,9 @@ SDK's default applies.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import stat
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
@@ -25,20 +27,24 @@ import mcp_types as types
 from mcp.shared.message import SessionMessage
 
 from metasup_mcp.aio import BorrowedStream, LineSplitter
+from metasup_mcp.config import WIRE_MESSAGE_BYTES
 
 _CHUNK = 1 << 16
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # a client line over this is refused, never buffered whole
+MAX_MESSAGE_BYTES = WIRE_MESSAGE_BYTES  # a client line over this is refused, never buffered whole
+# The request id in the first or last bytes kept of a dropped line (before "params", or after it).
+_ID = re.compile(rb'"id"\s*:\s*("(?:[^"\\]|\\.)*"|-?\d+)')
 
 
 class WireReader(BorrowedStream):
     """Messages from a non-blocking fd; a line that is not JSON-RPC comes as its error, for the
     server to answer (as the SDK's transport does)."""
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, answer: WireWriter | None = None) -> None:
         self.fd = fd
         self._lines: deque[bytes] = deque()
         self._splitter = LineSplitter(MAX_MESSAGE_BYTES)
         self._eof = False
+        self._answer = answer  # where a request too large to read is told so
         # Sees every line first; True takes it away from the server (the gateway's raw relay).
         self.intercept: Callable[[bytes], Awaitable[bool]] | None = None
 
@@ -72,8 +78,40 @@ class WireReader(BorrowedStream):
             before = self._splitter.overlong
             self._lines.extend(line for line in self._splitter.feed(chunk) if line.strip())
             if self._splitter.overlong > before:
+                await self._refuse_dropped()
                 return ValueError(f"a message over {MAX_MESSAGE_BYTES} bytes was dropped")
         return self._lines.popleft()
+
+    async def _refuse_dropped(self) -> None:
+        """Answer each dropped request with an error, so its sender is not left waiting for ever."""
+        dropped, self._splitter.dropped = self._splitter.dropped, []
+        for head, tail in dropped:
+            request_id = request_id_of(head, tail)
+            if request_id is None or self._answer is None:
+                continue
+            error = types.JSONRPCError(
+                jsonrpc="2.0", id=request_id,
+                error=types.ErrorData(
+                    code=types.INVALID_REQUEST,
+                    message=f"request over the wire limit of {MAX_MESSAGE_BYTES // (1024 * 1024)} MiB: not read. "
+                    "Send a smaller one (for propose_change, split the change into several proposals)",
+                ),
+            )
+            await self._answer.send(SessionMessage(error))
+
+
+def request_id_of(head: bytes, tail: bytes) -> str | int | None:
+    """The JSON-RPC id of a line known only by its first and last bytes, or None."""
+    before_params = head.split(b'"params"', 1)[0]
+    after_params = tail[tail.rfind(b"}") :] if b"}" in tail else b""
+    for part in (before_params, after_params):
+        if match := _ID.search(part):
+            raw = match.group(1)
+            try:
+                return json.loads(raw)
+            except ValueError:
+                return None
+    return None
 
 
 class WireWriter(BorrowedStream):
@@ -114,7 +152,8 @@ def wire() -> Iterator[tuple[WireReader, WireWriter] | None]:
         os.dup2(2, 1)  # stray prints go to stderr
         os.set_blocking(wire_in, False)
         os.set_blocking(wire_out, False)
-        yield WireReader(wire_in), WireWriter(wire_out)
+        writer = WireWriter(wire_out)
+        yield WireReader(wire_in, answer=writer), writer
     finally:
         os.dup2(saved_in, 0)
         os.dup2(saved_out, 1)

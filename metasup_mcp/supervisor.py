@@ -30,6 +30,7 @@ from metasup_mcp.children.sweep import (
     new_instance_id,
     release_instance,
 )
+from metasup_mcp import redact as redaction
 from metasup_mcp.config import Config
 from metasup_mcp.evolution.behaviour import BehaviourCheck, ReplaySamples
 from metasup_mcp.evolution.breaker import EvolutionBreaker
@@ -66,6 +67,7 @@ class Supervisor:
         self._tg: TaskGroup | None = None
         self.events: list[dict[str, Any]] = []  # recent notable events, newest last
         self.sandbox = _sandbox_for(config)
+        redaction.install(server.env for server in self.settings.mcp_servers)
         self.manager = ServerManager(
             self.settings.mcp_servers,
             Supervision(

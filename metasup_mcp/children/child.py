@@ -29,6 +29,7 @@ from metasup_mcp.children.process import ChildProcess, SpawnSpec, StderrRing, ch
 from metasup_mcp.children.sandbox import SandboxPlan
 from metasup_mcp.children.state import ChildState, ChildStateMachine, ExitDecision, RestartPolicy
 from metasup_mcp.config import HealthChecks, RestartSettings, ServerConfig
+from metasup_mcp.redact import redact
 
 logger = logging.getLogger(__name__)
 
@@ -492,6 +493,7 @@ class ManagedChild:
             self._relisting_tools = False
 
     def _on_stderr(self, line: str) -> None:
+        line = redact(line)  # before it is kept: logs, evidence, proposals and audit all read the ring
         self.stderr.add(line, self.generation)
         self._stderr_this_run += 1
         if self._startup_scope is not None:  # alive and progressing: more time, up to startup_timeout

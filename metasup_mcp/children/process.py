@@ -28,6 +28,7 @@ from pydantic import ValidationError
 
 from metasup_mcp.aio import BorrowedStream, LineSplitter
 from metasup_mcp.children.sandbox import SandboxPlan, wrap_argv
+from metasup_mcp.redact import redact
 
 logger = logging.getLogger(__name__)
 
@@ -228,7 +229,7 @@ class ChildProcess:
         try:
             return SessionMessage(types.jsonrpc_message_adapter.validate_json(line, by_name=False))
         except ValueError as exc:
-            text = line.decode(errors="replace")
+            text = redact(line.decode(errors="replace"))
             self.garbage_lines += 1
             self.last_garbage = text[:200]
             logger.warning("%s wrote a non-JSON-RPC line on stdout (dropped): %.200s", self.spec.name, text)

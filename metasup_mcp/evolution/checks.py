@@ -31,6 +31,7 @@ import anyio
 from metasup_mcp.children.sandbox import SandboxPlan, wrap_argv
 from metasup_mcp.config import CheckSpec, resolve_command
 from metasup_mcp.evolution.proposals import CheckOutcome
+from metasup_mcp.redact import redact
 
 BUILTIN_PY_COMPILE = "builtin:py_compile"
 OUTPUT_TAIL_CHARS = 4000
@@ -162,7 +163,7 @@ async def _run_command(
                     os.killpg(process.pid, signal.SIGKILL)
             with anyio.move_on_after(5):
                 await process.aclose()
-    output = b"".join(chunks).decode(errors="replace")
+    output = redact(b"".join(chunks).decode(errors="replace"))
     if scope.cancelled_caught:
         return False, f"{output}\n[timed out after {timeout:g}s: {shlex.join(shown)}]"
     if process.returncode != 0:

@@ -29,6 +29,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from metasup_mcp.redact import redact_data
 from metasup_mcp.safety.journal import fsync_dir
 
 __all__ = ["GENESIS", "AuditError", "AuditLog", "AuditVerdict", "entry_hash", "load_key", "verify_audit_log"]
@@ -136,9 +137,10 @@ class AuditLog:
         self._key: bytes | None = None
 
     def append(self, event: str, **data: Any) -> dict[str, Any]:
-        """Write one entry and return it; `data` values that are not JSON become strings."""
+        """Write one entry and return it; `data` values that are not JSON become strings, and known
+        secrets in them are redacted (`metasup_mcp.redact`)."""
         # Round-trip first so the hash covers exactly what a reader will parse back.
-        clean = json.loads(json.dumps(data, default=str, allow_nan=False))
+        clean = redact_data(json.loads(json.dumps(data, default=str, allow_nan=False)))
         with self._lock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             created = not self.path.exists()

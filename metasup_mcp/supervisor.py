@@ -38,6 +38,8 @@ from metasup_mcp.evolution.pipeline import ChangeRequest, Progress
 from metasup_mcp.evolution.proposals import Proposal
 from metasup_mcp.evolution.service import ChangeError, ChangeService
 from metasup_mcp import timeline
+from metasup_mcp.safety.audit import AuditError
+from metasup_mcp.safety.integrity import IntegrityGuard, Tamper
 from metasup_mcp.gateway import Gateway
 from metasup_mcp.gateway.naming import allowed, exposed_name
 from metasup_mcp.safety.workspace import WorkspaceError
@@ -67,6 +69,7 @@ class Supervisor:
         self._tg: TaskGroup | None = None
         self.events: list[dict[str, Any]] = []  # recent notable events, newest last
         self.sandbox = _sandbox_for(config)
+        self.integrity: IntegrityGuard | None = None  # sealed once the workspace is open
         redaction.install(server.env for server in self.settings.mcp_servers)
         self.manager = ServerManager(
             self.settings.mcp_servers,
@@ -109,6 +112,8 @@ class Supervisor:
                 await self.changes.open()
                 assert self.changes.guard is not None and self.changes.pipeline is not None
                 self.changes.pipeline.sandbox = self.changes.pipeline.coordinator.sandbox = self.sandbox
+                self.changes.pipeline.integrity_check = self.integrity_check
+                self.integrity = self._seal_protected_files()
                 for child in self.manager:
                     child.before_start = self.changes.guard.before_start
                 self._started_monotonic = anyio.current_time()
@@ -127,6 +132,39 @@ class Supervisor:
                 release_instance(self.settings.state_dir, self.instance_id)
         finally:
             os.close(state_lock)
+
+    def _seal_protected_files(self) -> IntegrityGuard:
+        settings, audit = self.settings, self.changes.audit
+        files = [settings.workspace / ".git" / "config", audit.key_path]
+        files += [p for p in (self.config.source, settings.safety_rules_file, settings.approval.operator_token_file) if p]
+        guard = IntegrityGuard(files, appended=[audit.path, audit.head_path], writer_lock=audit.lock)
+        audit.on_written = guard.appended_by_us
+        guard.on_tamper = self._on_tamper
+        guard.seal()
+        return guard
+
+    def integrity_check(self) -> str | None:
+        """Why nothing may be accepted now: protected files changed behind the supervisor's back.
+
+        Called before a change's git work and before anything becomes last good; the refusal
+        holds until an operator calls `recover`.
+        """
+        if self.integrity is None:
+            return None
+        tamper = self.integrity.check()
+        if tamper is None:
+            return None
+        return (
+            f"protected files changed behind the supervisor's back ({tamper}); nothing is accepted until an "
+            "operator has looked at them, put them right, and called `recover`"
+        )
+
+    def _on_tamper(self, tamper: Tamper) -> None:
+        self._record("tamper", findings=list(tamper.findings))
+        try:
+            self.changes.audit.append("tamper", findings=list(tamper.findings))
+        except AuditError as exc:
+            logger.error("could not audit the tamper finding: %s", exc)
 
     def _prepare_workspace(self) -> None:
         workspace, template = self.settings.workspace, self.settings.workspace_template
@@ -275,6 +313,9 @@ class Supervisor:
         self.emergency_reason = None
         self.breaker.close()
         self.changes.resume()
+        if self.integrity is not None and self.integrity.tamper is not None:
+            self._record("tamper_cleared", findings=list(self.integrity.tamper.findings))
+            self.integrity.seal()  # the operator has looked: what is there now is trusted
         self._record("recover", previous_mode=was)
         self._audit("recover", previous_mode=was)
         if was != "emergency":
@@ -317,6 +358,8 @@ class Supervisor:
                 )
 
     def _change_refusal(self) -> str | None:
+        if (tampered := self.integrity_check()) is not None:
+            return tampered
         if self.mode == "emergency":
             return f"the supervisor is in emergency mode ({self.emergency_reason}); call `recover` first"
         return self.breaker.refusal()
@@ -437,6 +480,7 @@ class Supervisor:
             "workspace": str(self.settings.workspace),
             "config": self.changes.config_status(),
             "sandbox": self.sandbox.describe(),
+            "tamper": list(self.integrity.tamper.findings) if self.integrity and self.integrity.tamper else None,
         }
 
     def _probation(self) -> dict[str, Any] | None:

@@ -106,6 +106,8 @@ class Pipeline(ApprovalStage, BehaviourStage):
         self._began_at = 0.0  # clock time the transaction in flight began
         self.aftercare = Aftercare(self)  # probation, and bringing last good back to health
         self.sandbox: SandboxPlan | None = None  # what checks run in (set by the Supervisor)
+        # Why nothing may be accepted now (protected files tampered with), or None; set by the Supervisor.
+        self.integrity_check: Callable[[], str | None] = lambda: None
 
     @property
     def queue_length(self) -> int:
@@ -265,6 +267,8 @@ class Pipeline(ApprovalStage, BehaviourStage):
         proposal.mark("verifying")
         await self._save(proposal)
         failure = await self._verify(proposal, changes, say)
+        if failure is None and (tampered := self.integrity_check()) is not None:
+            failure = ("tamper", tampered)
         proposal.verify_s = round(time.monotonic() - started, 3)
         if failure is None:
             await _io(self.journal.step, "accepted")  # before last good moves: recovery can redo the move

@@ -26,6 +26,7 @@ import os
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -133,15 +134,19 @@ def _tail(fd: int, size: int, n: int) -> tuple[list[bytes], bytes]:
 class AuditLog:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self._lock = threading.Lock()
+        self.head_path = head_path(self.path)
+        self.key_path = key_path(self.path)
+        self.lock = threading.Lock()  # held while appending: an integrity check takes it too
         self._key: bytes | None = None
+        # Told of each file this log has just written (the integrity guard trusts our own writes).
+        self.on_written: Callable[[Path], None] | None = None
 
     def append(self, event: str, **data: Any) -> dict[str, Any]:
         """Write one entry and return it; `data` values that are not JSON become strings, and known
         secrets in them are redacted (`metasup_mcp.redact`)."""
         # Round-trip first so the hash covers exactly what a reader will parse back.
         clean = redact_data(json.loads(json.dumps(data, default=str, allow_nan=False)))
-        with self._lock:
+        with self.lock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             created = not self.path.exists()
             try:
@@ -155,6 +160,9 @@ class AuditLog:
                 seq, prev = self._chain_head(fd)
                 entry = self._write(fd, seq + 1, prev, event, clean)
                 _write_head(self.path, entry["seq"], entry["hash"])
+                if self.on_written is not None:
+                    self.on_written(self.path)
+                    self.on_written(self.head_path)
             except OSError as exc:
                 raise AuditError(f"cannot append to audit log {self.path}: {exc.strerror or exc}") from exc
             finally:

@@ -138,6 +138,7 @@ class Supervisor:
         files = [settings.workspace / ".git" / "config", audit.key_path]
         files += [p for p in (self.config.source, settings.safety_rules_file, settings.approval.operator_token_file) if p]
         guard = IntegrityGuard(files, appended=[audit.path, audit.head_path], writer_lock=audit.lock)
+        audit.before_write = guard.before_our_write
         audit.on_written = guard.appended_by_us
         guard.on_tamper = self._on_tamper
         guard.seal()

@@ -138,7 +138,9 @@ class AuditLog:
         self.key_path = key_path(self.path)
         self.lock = threading.Lock()  # held while appending: an integrity check takes it too
         self._key: bytes | None = None
-        # Told of each file this log has just written (the integrity guard trusts our own writes).
+        # Told of each file this log is about to write and has just written (the integrity
+        # guard: a foreign write before ours is a finding, our own write is trusted).
+        self.before_write: Callable[[Path], None] | None = None
         self.on_written: Callable[[Path], None] | None = None
 
     def append(self, event: str, **data: Any) -> dict[str, Any]:
@@ -157,6 +159,9 @@ class AuditLog:
                 fcntl.flock(fd, fcntl.LOCK_EX)  # other processes appending to the same file
                 if self._key is None:
                     self._key = load_key(self.path, create=True)
+                if self.before_write is not None:
+                    self.before_write(self.path)
+                    self.before_write(self.head_path)
                 seq, prev = self._chain_head(fd)
                 entry = self._write(fd, seq + 1, prev, event, clean)
                 _write_head(self.path, entry["seq"], entry["hash"])

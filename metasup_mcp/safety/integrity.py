@@ -42,7 +42,11 @@ class Tamper:
 
 class IntegrityGuard:
     """Seals `files` (content digests) and `appended` logs (size, inode: only the supervisor
-    appends to them, and tells the guard each time through `appended_by_us`)."""
+    appends to them, and says so around each write: `before_our_write`, `appended_by_us`).
+
+    Findings are sticky: once something changed behind the supervisor's back, it stays found
+    (even if the file is put back, or the supervisor appends after it) until `seal()`.
+    """
 
     def __init__(
         self, files: Iterable[Path], appended: Iterable[Path] = (), writer_lock: AbstractContextManager[Any] | None = None
@@ -53,14 +57,22 @@ class IntegrityGuard:
         self._writer_lock = writer_lock if writer_lock is not None else nullcontext()
         self._lock = threading.Lock()
         self._sealed: dict[Path, str] = {}
-        self.tamper: Tamper | None = None  # the first finding, kept until `seal()`
+        self._findings: dict[Path, str] = {}
+        self.tamper: Tamper | None = None  # what has been found (and reported) since the last seal
         self.on_tamper: Callable[[Tamper], None] | None = None
 
     def seal(self) -> None:
         """Take the current state as trusted (at start, and when an operator has acted)."""
         with self._writer_lock, self._lock:
             self._sealed = {path: _fingerprint(path, path in self.appended) for path in (*self.files, *self.appended)}
+            self._findings = {}
             self.tamper = None
+
+    def before_our_write(self, path: Path) -> None:
+        """The supervisor is about to append to `path`: anything someone else wrote there is a finding.
+        (Reported by the next `check`: this runs inside the writer's lock, where no report may write.)"""
+        with self._lock:
+            self._compare(path)
 
     def appended_by_us(self, path: Path) -> None:
         """The supervisor itself just wrote `path` (an audit append): its new state is trusted."""
@@ -69,22 +81,29 @@ class IntegrityGuard:
                 self._sealed[path] = _fingerprint(path, True)
 
     def check(self) -> Tamper | None:
-        """Every protected path that differs from its seal; reports (once) through `on_tamper`."""
+        """What changed behind the supervisor's back since the last seal; a new finding is
+        reported once through `on_tamper`."""
         with self._writer_lock, self._lock:
-            findings = tuple(
-                f"{path}: {_describe(sealed, now)}"
-                for path, sealed in self._sealed.items()
-                if (now := _fingerprint(path, path in self.appended)) != sealed
-            )
-            if not findings:
-                return self.tamper
-            first = self.tamper is None or self.tamper.findings != findings
-            self.tamper = Tamper(findings)
-        if first:
-            logger.error("TAMPER: protected files changed behind the supervisor's back: %s", self.tamper)
+            for path in self._sealed:
+                self._compare(path)
+            if not self._findings:
+                return None
+            found = Tamper(tuple(f"{path}: {what}" for path, what in self._findings.items()))
+            new = self.tamper is None or self.tamper.findings != found.findings
+            self.tamper = found
+        if new:
+            logger.error("TAMPER: protected files changed behind the supervisor's back: %s", found)
             if self.on_tamper is not None:
-                self.on_tamper(self.tamper)
-        return self.tamper
+                self.on_tamper(found)
+        return found
+
+    def _compare(self, path: Path) -> None:
+        sealed = self._sealed.get(path)
+        if sealed is None or path in self._findings:
+            return
+        now = _fingerprint(path, path in self.appended)
+        if now != sealed:
+            self._findings[path] = _describe(sealed, now)
 
 
 def _fingerprint(path: Path, appended: bool) -> str:

@@ -1,0 +1,31 @@
+"""No process outlives its supervisor: a slice of the orphan cycles (`bench/orphans.py` runs 100).
+
+Children fork a grandchild that ignores SIGTERM, ignore SIGTERM themselves, and start helpers
+that call setsid and double-fork, one keeping the METASUP_INSTANCE mark and one dropping every
+environment mark. Each stop (stdin closed, SIGTERM, SIGKILL) must leave nothing, in the
+bubblewrap sandbox (a PID namespace) and without it (the reaper, a child subreaper).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from metasup_mcp.children.sandbox import bwrap_problem
+from tests.orphan_cycles import kill_tree, run_cycle, write_config
+
+SLICE = [("auto", "stdin"), ("auto", "sigkill"), ("off", "sigterm"), ("off", "sigkill")]
+
+
+@pytest.mark.parametrize(("sandbox", "stop"), SLICE)
+def test_no_helper_fork_or_escapee_outlives_a_stopped_supervisor(
+    tmp_path: Path, test_token: str, sandbox: str, stop: str
+) -> None:
+    if sandbox == "auto" and bwrap_problem() is not None:
+        pytest.skip(f"no kernel sandbox here: {bwrap_problem()}")
+    config = write_config(tmp_path, test_token, sandbox)
+    try:
+        assert run_cycle(config, test_token, stop) == []  # type: ignore[arg-type]
+    finally:
+        kill_tree(test_token)

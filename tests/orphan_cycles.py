@@ -75,8 +75,15 @@ def _wait(predicate, timeout: float) -> bool:  # type: ignore[no-untyped-def]
     return True
 
 
+def _cmdline(proc: psutil.Process) -> str:
+    try:
+        return " ".join(proc.cmdline())
+    except psutil.Error:
+        return ""
+
+
 def helpers_up(token: str) -> bool:
-    lines = [" ".join(p.cmdline()) for p in tree(token)]
+    lines = [_cmdline(p) for p in tree(token)]
     return all(any(f"{token}-{kind}" in line for line in lines) for kind in ("marked", "unmarked"))
 
 
@@ -105,7 +112,7 @@ def run_cycle(config: Path, token: str, stop: Stop) -> list[str]:
             serve.kill()
             serve.wait()
     _wait(lambda: not tree(token), GONE_TIMEOUT)
-    return [f"{p.pid} {' '.join(p.cmdline())[:100]}" for p in tree(token)]
+    return [f"{p.pid} {_cmdline(p)[:100]}" for p in tree(token)]
 
 
 def kill_tree(token: str) -> None:

@@ -76,9 +76,11 @@ def _reap_all(block: bool) -> None:
 
 
 def _exit_like(status: int) -> None:
-    if os.WIFSIGNALED(status):
-        sig = os.WTERMSIG(status)
-        signal.signal(sig, signal.SIG_DFL)
+    if os.WIFSIGNALED(status):  # die of the same signal, so the supervisor reads the same story
+        sig = signal.Signals(os.WTERMSIG(status))
+        if sig not in (signal.SIGKILL, signal.SIGSTOP):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {sig})
         os.kill(os.getpid(), sig)
     os._exit(os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 1)
 
@@ -100,7 +102,8 @@ def main(argv: list[str]) -> None:
         signal.signal(sig, signal.SIG_IGN)
     pid = os.fork()
     if pid == 0:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
+        # SIGPIPE and SIGXFSZ too: Python ignores them, and an ignored signal survives exec.
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGPIPE, signal.SIGXFSZ):
             signal.signal(sig, signal.SIG_DFL)
         try:
             os.execvp(argv[0], argv)

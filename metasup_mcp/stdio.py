@@ -103,7 +103,8 @@ class WireReader(BorrowedStream):
 def request_id_of(head: bytes, tail: bytes) -> str | int | None:
     """The JSON-RPC id of a line known only by its first and last bytes, or None."""
     before_params = head.split(b'"params"', 1)[0]
-    after_params = tail[tail.rfind(b"}") :] if b"}" in tail else b""
+    body = tail.rstrip().removesuffix(b"}")  # the message's own closing brace
+    after_params = body[body.rfind(b"}") + 1 :] if b"}" in body else b""
     for part in (before_params, after_params):
         if match := _ID.search(part):
             raw = match.group(1)

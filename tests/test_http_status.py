@@ -272,3 +272,26 @@ async def test_the_events_survive_a_supervisor_restart_and_include_manual_rollba
         status = (await get(f"{url}/supervisor/status")).json()
     assert [(e["source"], e["trigger"], e["reason"]) for e in rollbacks] == [("operator", "manual", "operator undo")]
     assert status["recent_events"][0]["event"] == "rollback"
+
+
+async def test_a_request_naming_another_host_or_origin_is_refused(serve: Serve) -> None:
+    """DNS rebinding: a page on evil.example re-pointed at 127.0.0.1 sends its own name."""
+    async with serve() as (supervisor, url):
+        port = url.rsplit(":", 1)[1]
+        async with httpx2.AsyncClient(timeout=5) as client:
+            foreign_host = await client.get(f"{url}/supervisor/changes", headers={"Host": f"evil.example:{port}"})
+            foreign_origin = await client.get(f"{url}/supervisor/status", headers={"Origin": "http://evil.example"})
+            same_origin = await client.get(f"{url}/supervisor/status", headers={"Origin": url})
+            by_name = await client.get(f"{url}/supervisor/status", headers={"Host": f"localhost:{port}"})
+    assert foreign_host.status_code == 421 and "evil.example" in foreign_host.json()["error"]
+    assert foreign_origin.status_code == 403
+    assert same_origin.status_code == 200 and by_name.status_code == 200
+
+
+def test_the_allowed_authorities_are_the_bound_names_with_the_exact_port() -> None:
+    from metasup_mcp.http_status import allowed_authorities
+
+    assert set(allowed_authorities("127.0.0.1", 9000) or []) == {
+        "127.0.0.1:9000", "localhost:9000", "[::1]:9000"}
+    assert allowed_authorities("10.0.0.5", 80) == ["10.0.0.5:80", "10.0.0.5"]
+    assert allowed_authorities("0.0.0.0", 9000) is None  # a wildcard bind has no one name: the token guards it

@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import anyio
+import httpx2
 import psutil
 import pytest
 from mcp import ClientSession
@@ -52,6 +53,13 @@ async def test_the_supervisor_serves_streamable_http_and_ends_on_sigterm_without
         assert status.structured_content is not None
         children = psutil.Process(process.pid).children(recursive=True)
         assert children, "the fixture child should be running under the supervisor"
+        # DNS rebinding: a request naming another host is refused before it reaches MCP.
+        async with httpx2.AsyncClient(timeout=5) as client:
+            rebound = await client.post(
+                f"http://127.0.0.1:{port}/mcp", headers={"Host": f"evil.example:{port}", "Content-Type": "application/json"},
+                content=b'{"jsonrpc":"2.0","id":1,"method":"ping"}',
+            )
+        assert rebound.status_code in (400, 403, 421), rebound.status_code
 
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=20) == 0

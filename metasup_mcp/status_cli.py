@@ -102,6 +102,12 @@ def render_table(doc: dict[str, Any], url: str = "") -> str:
     elif doc.get("mode") == "changes_paused":
         lines.append(f"CHANGES PAUSED (evolution breaker): {doc.get('breaker_reason') or 'no reason given'}; "
                      "servers keep serving last good; call `recover` to allow changes again")
+    if doc.get("tamper"):
+        lines.append(f"TAMPER: {'; '.join(doc['tamper'])}; changes refused until `recover`")
+    if sandbox := doc.get("sandbox"):
+        held = "kernel-enforced (PID namespace, protected paths read-only)" if sandbox.get("kernel_enforced") \
+            else "detection only"
+        lines.append(f"sandbox {sandbox.get('mode')}: {sandbox.get('in_force')}, {held}")
     current, good = doc.get("current_commit"), doc.get("last_good_commit")
     sync = "no commit yet" if not current else ("at last good" if current == good else "DIFFERS from last good")
     lines.append(f"commit {_short(current)}  last good {_short(good)}  ({sync})"

@@ -1,5 +1,8 @@
 """One child process: spawn in its own process group, frame MCP on its pipes, drain stderr.
 
+It starts inside its sandbox (`sandbox.py`: bubblewrap, or the reaper where bwrap cannot run),
+so that whatever it starts, helpers that leave its process group included, ends with it.
+
 The child speaks newline-delimited JSON-RPC on stdout; anything else there is recorded and
 dropped, never handed to the session (a child that prints garbage stays usable). stderr is
 drained continuously so that a chatty child can never block on a full pipe.

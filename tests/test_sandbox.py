@@ -51,9 +51,9 @@ def test_a_path_that_holds_the_workspace_is_neither_frozen_nor_hidden(tmp_path: 
 def test_bwrap_gets_a_pid_namespace_that_dies_with_its_parent_and_the_mounts_on_top(tmp_path: Path) -> None:
     (tmp_path / "state").mkdir()
     args = bwrap_args([tmp_path / "ws" / ".git"], [tmp_path / "state", tmp_path / "token"])
-    assert args[:6] == ["--die-with-parent", "--unshare-pid", "--dev-bind", "/", "/", "--proc"]
-    assert ["--ro-bind-try", str(tmp_path / "ws" / ".git"), str(tmp_path / "ws" / ".git")] == args[7:10]
-    assert ["--tmpfs", str(tmp_path / "state")] == args[10:12]
+    assert args[:8] == ["--die-with-parent", "--unshare-pid", "--cap-drop", "ALL", "--dev-bind", "/", "/", "--proc"]
+    assert ["--ro-bind-try", str(tmp_path / "ws" / ".git"), str(tmp_path / "ws" / ".git")] == args[9:12]
+    assert ["--tmpfs", str(tmp_path / "state")] == args[12:14]
     assert args[-3:] == ["--ro-bind-try", "/dev/null", str(tmp_path / "token")]
 
 
@@ -143,7 +143,8 @@ def test_in_bwrap_git_is_read_only_the_state_folder_is_gone_and_the_workspace_wr
     (state / "audit.jsonl.key").write_bytes(b"k" * 32)
     plan = plan_sandbox("required", protected_paths(ws, state, None))
     script = (
-        "import pathlib\n"
+        "import pathlib, subprocess\n"
+        "subprocess.run(['umount', '.git'], capture_output=True)  # root's children too: no capabilities\n"
         "for p in ['.git/config', 'file.txt']:\n"
         "    try:\n        open(p, 'a').write('x'); print(p, 'written')\n"
         "    except OSError as e: print(p, e.strerror)\n"

@@ -137,7 +137,9 @@ def wrap_argv(plan: SandboxPlan, argv: Sequence[str], cwd: Path) -> list[str]:
 def bwrap_args(readonly: Sequence[Path], hidden: Sequence[Path]) -> list[str]:
     # The host's root as it is (children need the network, /tmp, their tools), then the
     # protected paths on top. Later mounts win, so a read-only path inside a hidden one stays hidden.
-    args = ["--die-with-parent", "--unshare-pid", "--dev-bind", "/", "/", "--proc", "/proc"]
+    # No capabilities: a supervisor running as root would otherwise leave its children free to
+    # unmount the read-only binds (bwrap keeps root's capabilities unless told).
+    args = ["--die-with-parent", "--unshare-pid", "--cap-drop", "ALL", "--dev-bind", "/", "/", "--proc", "/proc"]
     for path in readonly:
         args += ["--ro-bind-try", str(path), str(path)]
     for path in hidden:

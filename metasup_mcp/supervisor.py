@@ -21,7 +21,13 @@ from anyio.abc import TaskGroup
 from metasup_mcp.children.child import ChildEvent, ManagedChild, Supervision
 from metasup_mcp.children.events import EventHub
 from metasup_mcp.children.manager import ServerManager, UnknownServer
-from metasup_mcp.children.sandbox import SandboxPlan, SandboxUnavailable, plan_sandbox, protected_paths
+from metasup_mcp.children.sandbox import (
+    PACKAGE_DIR,
+    SandboxPlan,
+    SandboxUnavailable,
+    plan_sandbox,
+    protected_paths,
+)
 from metasup_mcp.children.state import ChildState
 from metasup_mcp.children.sweep import (
     StateInUse,
@@ -137,6 +143,7 @@ class Supervisor:
         settings, audit = self.settings, self.changes.audit
         files = [settings.workspace / ".git" / "config", audit.key_path]
         files += [p for p in (self.config.source, settings.safety_rules_file, settings.approval.operator_token_file) if p]
+        files += sorted(PACKAGE_DIR.rglob("*.py"))  # the reaper among them, which runs outside any sandbox
         guard = IntegrityGuard(files, appended=[audit.path, audit.head_path], writer_lock=audit.lock)
         audit.before_write = guard.before_our_write
         audit.on_written = guard.appended_by_us

@@ -50,11 +50,12 @@ def test_a_path_that_holds_the_workspace_is_neither_frozen_nor_hidden(tmp_path: 
 
 def test_bwrap_gets_a_pid_namespace_that_dies_with_its_parent_and_the_mounts_on_top(tmp_path: Path) -> None:
     (tmp_path / "state").mkdir()
-    args = bwrap_args([tmp_path / "ws" / ".git"], [tmp_path / "state", tmp_path / "token"])
+    (tmp_path / "token").write_text("t")
+    args = bwrap_args([tmp_path / "ws" / ".git"], [tmp_path / "state", tmp_path / "token", tmp_path / "absent"])
     assert args[:8] == ["--die-with-parent", "--unshare-pid", "--cap-drop", "ALL", "--dev-bind", "/", "/", "--proc"]
     assert ["--ro-bind-try", str(tmp_path / "ws" / ".git"), str(tmp_path / "ws" / ".git")] == args[9:12]
     assert ["--tmpfs", str(tmp_path / "state")] == args[12:14]
-    assert args[-3:] == ["--ro-bind-try", "/dev/null", str(tmp_path / "token")]
+    assert args[-3:] == ["--ro-bind", "/dev/null", str(tmp_path / "token")]  # and nothing for "absent"
 
 
 def test_off_runs_under_the_reaper_and_says_detection_guards_the_files() -> None:

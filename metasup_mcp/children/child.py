@@ -298,6 +298,7 @@ class ManagedChild:
 
     def _conclude(self, returncode: int | None, reason: str) -> ExitDecision:
         """Record how an incarnation ended and let the state machine decide what comes next."""
+        reason = redact(reason)  # a handshake error carries the child's own words
         requested = self.state is ChildState.STOPPING and self.machine.pending_health_reason is None
         if not requested:
             self.last_error = self._with_stderr(reason)

@@ -143,10 +143,11 @@ def bwrap_args(readonly: Sequence[Path], hidden: Sequence[Path]) -> list[str]:
     for path in readonly:
         args += ["--ro-bind-try", str(path), str(path)]
     for path in hidden:
+        # Only what exists: bwrap would create a missing mount point on the host's disk.
         if path.is_dir():
             args += ["--tmpfs", str(path), "--remount-ro", str(path)]
-        else:
-            args += ["--ro-bind-try", "/dev/null", str(path)]
+        elif path.exists():
+            args += ["--ro-bind", "/dev/null", str(path)]
     return args
 
 

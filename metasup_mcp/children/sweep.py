@@ -78,13 +78,19 @@ def lock_state_folder(state_dir: Path) -> int:
     return fd
 
 
-def release_instance(state_dir: Path, instance_id: str) -> None:
-    """Forget this instance after a clean stop."""
+def release_instance(state_dir: Path, instance_id: str) -> list[int]:
+    """Forget this instance after a clean stop, first killing whatever still carries its mark
+    (every child has stopped by now: a survivor is a helper that got out of its child's
+    sandbox or reaper). Returns the pids killed."""
+    leaked = kill_marked({instance_id})
+    if leaked:
+        logger.warning("killed %d process(es) that outlived their children: %s", len(leaked), leaked)
     record = state_dir / _RECORD
     entries = [entry for entry in _read_record(record) if entry.get("id") != instance_id]
     tmp = record.with_suffix(".tmp")
     tmp.write_text(json.dumps(entries))
     os.replace(tmp, record)
+    return leaked
 
 
 def kill_marked(instance_ids: set[str]) -> list[int]:

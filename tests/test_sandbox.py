@@ -154,3 +154,12 @@ def test_in_bwrap_git_is_read_only_the_state_folder_is_gone_and_the_workspace_wr
     out = subprocess.run(wrap_argv(plan, [sys.executable, "-c", script], ws), cwd=ws, capture_output=True, text=True)
     assert out.stdout.splitlines() == [".git/config Read-only file system", "file.txt written", "key False"], out
     assert (ws / ".git" / "config").read_text() == "[core]\n"
+
+
+def test_the_sandbox_key_takes_auto_required_or_off_and_names_itself_otherwise(tmp_path: Path) -> None:
+    from metasup_mcp.config import ConfigError, parse_config
+
+    parsed = parse_config("supervisor:\n  sandbox: required\n  readonly_paths: [vendor/]\n", tmp_path / "s.yaml")
+    assert parsed.supervisor.sandbox == "required" and parsed.supervisor.readonly_paths == ["vendor/"]
+    with pytest.raises(ConfigError, match=r"supervisor.sandbox \(line 2\)"):
+        parse_config("supervisor:\n  sandbox: maybe\n", tmp_path / "s.yaml")

@@ -334,7 +334,7 @@ class Pipeline(ApprovalStage, BehaviourStage):
                 "where a proposal would be applied without a person; propose them instead"
             )
         env = child_environment({}, instance_id=self._instance_id)
-        checks = await run_checks(self.settings.checks, ws.root, [c.path for c in changes], env)
+        checks = await run_checks(self.settings.checks, ws.root, [c.path for c in changes], env, self.sandbox)
         for spec, check in zip(self.settings.checks, checks, strict=False):
             if not check.ok:
                 return trigger_for(spec), check.output_tail

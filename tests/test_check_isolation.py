@@ -63,5 +63,5 @@ async def test_a_change_to_the_tests_needs_a_human_approval(
         changes = [{"path": "tests/test_guard.py", "content": "def test_nothing():\n    pass\n"}]
         proposal = await sup.propose_change(ChangeRequest("empty the tests", changes=changes))
         assert proposal.result()["verdict"] == "pending_approval"
-        assert any("check_inputs: tests/test_guard.py" in reason for reason in proposal.reasons)
+        assert any("tests/test_guard.py decide what the checks test (check_inputs)" in r for r in proposal.reasons)
         assert (tmp_path / "workspace" / "tests" / "test_guard.py").read_text() == GUARD_TEST

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -9,7 +10,8 @@ from typing import Any
 import pytest
 
 from metasup_mcp.config import CheckSpec
-from metasup_mcp.evolution.checks import check_argv, check_input_globs, guarded_check_inputs
+from metasup_mcp.evolution import checks
+from metasup_mcp.evolution.checks import check_argv, check_input_globs, guarded_check_inputs, run_checks
 from metasup_mcp.evolution.pipeline import ChangeRequest
 from tests.conftest import ConfigMaker
 from tests.safety_support import app_config, with_version
@@ -21,10 +23,24 @@ PYTEST_CHECK = {"name": "tests", "run": ["python", "-m", "pytest", "-q", "-p", "
 GUARD_TEST = 'from pathlib import Path\n\ndef test_not_broken():\n    assert "BROKEN" not in Path("server.py").read_text()\n'
 
 
-def test_a_python_check_runs_isolated_and_other_commands_as_given() -> None:
-    assert check_argv(["python", "-m", "pytest"]) == [sys.executable, "-I", "-m", "pytest"]
-    assert check_argv("python3 -I run.py") == [sys.executable, "-I", "run.py"]
+def test_a_python_check_runs_isolated_through_the_launcher_and_other_commands_as_given() -> None:
+    launcher = str(Path(checks.__file__).with_name("check_launcher.py"))
+    assert check_argv(["python", "-m", "pytest", "-q"]) == [sys.executable, "-I", launcher, "-m", "pytest", "-q"]
+    assert check_argv("python3 -u -W error -I run.py x") == [sys.executable, "-I", "-u", "-W", "error", launcher,
+                                                            "run.py", "x"]
     assert check_argv(["make", "test"]) == ["make", "test"]
+
+
+async def test_a_python_check_still_imports_the_workspaces_own_modules(tmp_path: Path) -> None:
+    (tmp_path / "score.py").write_text("SCORE = 7\n")
+    (tmp_path / "json.py").write_text("raise SystemExit('the workspace shadowed the standard library')\n")
+    (tmp_path / "bench.py").write_text("import json, score, sys\nprint(json.dumps(score.SCORE), sys.argv[1:])\n")
+    specs = [CheckSpec(name="script", run=["python", "bench.py", "a"]),
+             CheckSpec(name="module", run=["python", "-m", "bench", "b"]),
+             CheckSpec(name="code", run=["python", "-c", "import score; print(score.SCORE)"])]
+    outcomes = await run_checks(specs, tmp_path, [], {"PATH": os.environ["PATH"]})
+    assert [(o.ok, o.output_tail.strip()) for o in outcomes] == [
+        (True, "7 ['a']"), (True, "7 ['b']"), (True, "7")], outcomes
 
 
 def test_check_inputs_default_to_tests_conftest_the_runner_config_and_the_checks_own_files() -> None:

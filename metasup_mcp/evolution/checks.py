@@ -7,9 +7,10 @@ first failure stops the run: its name becomes the rollback trigger, its output t
 A check must not be fooled by the change it judges:
 - it runs in the children's sandbox (`children/sandbox.py`): it cannot write `.git`, the config
   or the state folder, and nothing it starts outlives it;
-- Python runs isolated: `-I` on a Python check's interpreter, and `PYTHONSAFEPATH=1` for every
-  Python the check starts, so a module the change adds in the working directory (a `pytest.py`)
-  can never shadow the runner;
+- Python runs isolated: a Python check runs `-I` through `check_launcher.py`, which puts the
+  workspace at the end of `sys.path` (after what is installed), and every Python the check
+  starts gets `PYTHONSAFEPATH=1`, so a module the change adds in the working directory (a
+  `pytest.py`) can never shadow the runner;
 - the files that decide what is tested (`check_inputs`: tests, conftest files, the runner's
   config, the check's own scripts) need a human approval to change (`guarded_check_inputs`).
 """
@@ -40,6 +41,7 @@ DEFAULT_CHECK_INPUTS = ("tests/", "test/", "conftest.py", "**/conftest.py")
 # The runner's own configuration, when a check runs pytest.
 PYTEST_CONFIG = ("pytest.ini", "pyproject.toml", "setup.cfg", "tox.ini")
 _PYTHON_NAMES = ("python", "python3")
+_LAUNCHER = Path(__file__).resolve().with_name("check_launcher.py")
 
 
 def trigger_for(spec: CheckSpec) -> str:
@@ -77,15 +79,36 @@ async def run_checks(
 
 
 def check_argv(run: str | list[str]) -> list[str]:
-    """The words a check runs: `python` is the supervisor's interpreter, and any Python runs `-I`."""
+    """The words a check runs: `python` is the supervisor's interpreter, and a Python check runs
+    isolated (`-I`) through `check_launcher.py`, which puts the workspace at the end of `sys.path`."""
     argv = shlex.split(run) if isinstance(run, str) else list(run)
     if not argv:
         return argv
     is_python = argv[0] in _PYTHON_NAMES or Path(argv[0]).name.startswith("python")
     argv[0] = resolve_command(argv[0])
-    if is_python and "-I" not in argv[1:2]:
-        argv.insert(1, "-I")
-    return argv
+    if not is_python:
+        return argv
+    flags, rest = _split_interpreter_flags(argv[1:])
+    if not rest:  # an interactive interpreter: nothing to launch
+        return argv
+    return [argv[0], "-I", *(f for f in flags if f != "-I"), str(_LAUNCHER), *rest]
+
+
+def _split_interpreter_flags(words: list[str]) -> tuple[list[str], list[str]]:
+    """(`python`'s own options, what it runs: `-m MOD ...`, `-c CODE ...` or `SCRIPT ...`)."""
+    flags: list[str] = []
+    i = 0
+    while i < len(words):
+        word = words[i]
+        if word in ("-m", "-c") or not word.startswith("-") or word == "-":
+            return flags, words[i:]
+        if word in ("-W", "-X") and i + 1 < len(words):
+            flags += [word, words[i + 1]]
+            i += 2
+            continue
+        flags.append(word)
+        i += 1
+    return flags, []
 
 
 def check_input_globs(specs: Sequence[CheckSpec], configured: Sequence[str] | None) -> list[str]:

@@ -117,7 +117,7 @@ def allowed_authorities(host: str, port: int) -> list[str] | None:
 
 
 def foreign_request(headers: Any, allowed: list[str] | None) -> tuple[int, str] | None:
-    """(status, reason) when `Host` or `Origin` is not the bound address (DNS rebinding), else None.
+    """(403, reason) when `Host` or `Origin` is not the bound address (DNS rebinding), else None.
 
     A page on another site whose name an attacker re-points at 127.0.0.1 reaches a loopback
     server with its own name in `Host` and `Origin`; only the bound names are answered.
@@ -127,12 +127,13 @@ def foreign_request(headers: Any, allowed: list[str] | None) -> tuple[int, str] 
         return None
     host = (headers.get("host") or "").lower()
     if host not in allowed:
-        return 421, f"Host {host or '(none)'!r} is not this server's address ({', '.join(allowed)})"
+        return 403, (f"address the endpoint by IP address or localhost, as it is bound ({', '.join(allowed)}), "
+                     f"not {host or '(no Host)'!r}")
     origin = headers.get("origin")
     if origin is not None:
         scheme, _, authority = origin.lower().partition("://")
         if scheme not in ("http", "https") or authority.rstrip("/") not in allowed:
-            return 403, f"Origin {origin!r} is not this server's address"
+            return 403, f"cross-origin request refused (Origin {origin!r} is not this server's address)"
     return None
 
 
@@ -186,7 +187,7 @@ def build_app(supervisor: Any, token: str | None = None, allowed_hosts: list[str
     def guarded(endpoint: Endpoint, page: bool = False) -> Endpoint:
         async def handle(request: Request) -> Response:
             if (foreign := foreign_request(request.headers, allowed_hosts)) is not None:
-                return _json({"error": f"refused: {foreign[1]}"}, status=foreign[0])
+                return _json({"error": foreign[1]}, status=foreign[0])
             if token is not None and not _authorized(request, token, allow_query=page):
                 return _json({"error": "unauthorized: send the status_http token as 'Authorization: Bearer <token>'"},
                              status=401, headers={"WWW-Authenticate": 'Bearer realm="metasup"'})

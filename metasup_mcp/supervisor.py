@@ -142,7 +142,10 @@ class Supervisor:
     def _seal_protected_files(self) -> IntegrityGuard:
         settings, audit = self.settings, self.changes.audit
         files = [settings.workspace / ".git" / "config", audit.key_path]
-        files += [p for p in (self.config.source, settings.safety_rules_file, settings.approval.operator_token_file) if p]
+        if not self.sandbox.kernel_enforced:
+            # In the sandbox no child can write these: a change is the operator's (config_status says so).
+            operator = (self.config.source, settings.safety_rules_file, settings.approval.operator_token_file)
+            files += [p for p in operator if p]
         files += sorted(PACKAGE_DIR.rglob("*.py"))  # the reaper among them, which runs outside any sandbox
         guard = IntegrityGuard(files, appended=[audit.path, audit.head_path], writer_lock=audit.lock)
         audit.before_write = guard.before_our_write

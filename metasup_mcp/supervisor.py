@@ -146,7 +146,7 @@ class Supervisor:
             # In the sandbox no child can write these: a change is the operator's (config_status says so).
             operator = (self.config.source, settings.safety_rules_file, settings.approval.operator_token_file)
             files += [p for p in operator if p]
-        files += sorted(PACKAGE_DIR.rglob("*.py"))  # the reaper among them, which runs outside any sandbox
+            files += sorted(PACKAGE_DIR.rglob("*.py"))  # the reaper among them
         guard = IntegrityGuard(files, appended=[audit.path, audit.head_path], writer_lock=audit.lock)
         audit.before_write = guard.before_our_write
         audit.on_written = guard.appended_by_us

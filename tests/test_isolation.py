@@ -41,10 +41,10 @@ async def running(sup: Supervisor, name: str) -> None:
     assert await sup.child(name).wait_for(lambda c: c.state is ChildState.RUNNING, 15), sup.server_status(sup.child(name))
 
 
-def targets(tmp_path: Path) -> dict[str, Path]:
-    state = tmp_path / "state"
+def targets(tmp_path: Path, workspace: str = "workspace", state: Path | None = None) -> dict[str, Path]:
+    state = state or tmp_path / "state"
     return {
-        "git_config": tmp_path / "workspace" / ".git" / "config",
+        "git_config": tmp_path / workspace / ".git" / "config",
         "config": tmp_path / "servers.yaml",
         "audit": state / "audit.jsonl",
         "journal": state / "journal.json",
@@ -53,13 +53,16 @@ def targets(tmp_path: Path) -> dict[str, Path]:
 
 
 @needs_bwrap
+@pytest.mark.parametrize("workspace", ["workspace", "."], ids=["config beside the workspace", "config inside it"])
 async def test_the_kernel_holds_every_write_to_what_the_supervisor_trusts(
-    tmp_path: Path, make_config: ConfigMaker, supervisor_factory: Any
+    tmp_path: Path, make_config: ConfigMaker, supervisor_factory: Any, workspace: str
 ) -> None:
-    paths = targets(tmp_path)
+    # The state folder always lies outside the workspace.
+    state = tmp_path / "state" if workspace == "workspace" else tmp_path.with_name(tmp_path.name + "-state")
+    paths = targets(tmp_path, workspace, state)
     attacks = [arg for path in paths.values() for arg in ("--write", str(path))]
-    attacks += ["--read", str(tmp_path / "state" / "audit.jsonl.key")]
-    config = make_config(tmp_path, [attacker("evil", *attacks)])
+    attacks += ["--read", str(state / "audit.jsonl.key")]
+    config = make_config(tmp_path, [attacker("evil", *attacks)], workspace=workspace, state_dir=str(state))
     try:
         async with supervisor_factory(config) as sup:
             before = {name: path.read_bytes() for name, path in paths.items() if path.exists()}
@@ -70,12 +73,12 @@ async def test_the_kernel_holds_every_write_to_what_the_supervisor_trusts(
             assert {name: path.read_bytes() for name, path in paths.items() if path.exists()} == before
             assert not paths["package"].exists()
             # The state folder is not even visible: the key cannot be read, the journal not written.
-            assert "No such file" in seen[f"read {tmp_path / 'state' / 'audit.jsonl.key'}"]
+            assert "No such file" in seen[f"read {state / 'audit.jsonl.key'}"]
 
             block = sup.status()["supervisor"]["sandbox"]
             assert block["in_force"] == "bwrap" and block["kernel_enforced"] and block["pid_namespace"]
             assert str(paths["git_config"].parent) in block["readonly"] and str(paths["config"]) in block["readonly"]
-            assert str(tmp_path / "state") in block["hidden"]
+            assert str(state) in block["hidden"]
             assert sup.status()["servers"]["evil"]["sandbox"] == "bwrap"
             assert sup.integrity_check() is None
     finally:

@@ -326,10 +326,8 @@ class SupervisorConfig(_Strict):
     min_runtime: Duration = 10.0
     max_failures: int = Field(5, ge=1)
     protected_paths: list[str] = ["servers.yaml", "config/safety_rules.yaml", ".git/"]
-    # Isolation of children and checks (docs/isolation.md): auto uses bubblewrap where it works.
     sandbox: Literal["auto", "required", "off"] = "auto"
-    readonly_paths: list[str] = []  # more paths children and checks may read but never write
-    # Files whose change needs a human approval (they decide what the checks test); None: the default.
+    readonly_paths: list[str] = []
     check_inputs: list[str] | None = None
     writable_paths: list[str] = []
     safety_rules_file: Path | None = None

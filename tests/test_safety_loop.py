@@ -137,10 +137,10 @@ async def test_an_on_disk_edit_to_a_protected_path_is_reverted_at_once(tmp_path,
     async with supervisor_factory(app_config(make_config, tmp_path)) as sup:
         rules = sup.settings.workspace / "config" / "safety_rules.yaml"
         rules.write_text("- {paths: '*', deny: '.*', message: sneaky}\n")
+        # The file is put back first, then the revert is audited and recorded: wait for both.
         with anyio.fail_after(10):
-            while rules.read_text() != "[]\n":
+            while rules.read_text() != "[]\n" or not any(e["event"] == "protected_revert" for e in sup.events):
                 await anyio.sleep(0.1)
-        assert any(e["event"] == "protected_revert" for e in sup.events)
 
 
 async def test_rollback_goes_only_to_verified_commits(tmp_path, make_config, supervisor_factory):

@@ -58,7 +58,7 @@ def test_uvx_from_the_source_folder_runs_metasup_mcp(tmp_path: Path) -> None:
 
 
 def test_ci_run_without_root_apt_or_a_browser_says_so_and_the_browser_tests_skip(tmp_path: Path) -> None:
-    """PATH holds only what a plain user has: no apt-get, no sudo, no chromium."""
+    """PATH holds only what a plain user has: no apt-get, no sudo, no chromium, no bwrap."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     for name in ("python3", "git", "id", "dirname", "env", "cat", "uname"):
@@ -69,7 +69,7 @@ def test_ci_run_without_root_apt_or_a_browser_says_so_and_the_browser_tests_skip
     env = user_env(tmp_path, PATH=str(bin_dir))
     done = run(["/bin/bash", str(source / ".ci" / "run"), "tests/test_dashboard.py", "-rs"], source, env, timeout=540)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    assert "apt is not available without root: the browser (dashboard) tests will skip" in done.stderr
+    assert "chromium bubblewrap not installed and apt is not available without root" in done.stderr
     assert "chromium is not installed" in done.stdout and " passed" not in done.stdout
 
 

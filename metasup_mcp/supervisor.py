@@ -152,6 +152,8 @@ class Supervisor:
         audit.on_written = guard.appended_by_us
         guard.on_tamper = self._on_tamper
         guard.seal()
+        if self.changes.workspace is not None:
+            self.changes.workspace.before_git = guard.check
         return guard
 
     def integrity_check(self) -> str | None:

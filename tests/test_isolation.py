@@ -120,6 +120,23 @@ async def test_without_a_sandbox_detection_catches_the_edits_and_holds_changes_u
         assert "tamper" in audited
 
 
+async def test_without_a_sandbox_the_next_git_call_finds_an_edited_git_config(
+    tmp_path: Path, make_config: ConfigMaker, supervisor_factory: Any
+) -> None:
+    paths = targets(tmp_path)
+    config = make_config(tmp_path, [attacker("evil", "--write", str(paths["git_config"]), enabled=False)], sandbox="off")
+    async with supervisor_factory(config, autostart=False) as sup:
+        await sup.start_server("evil")
+        await running(sup, "evil")
+        assert sup.status()["supervisor"]["tamper"] is None  # nothing has looked yet
+        assert sup.changes.workspace is not None
+        sup.changes.workspace.head()  # any git call of the supervisor's looks first
+        tamper = sup.status()["supervisor"]["tamper"]
+        assert tamper and str(paths["git_config"]) in tamper[0]
+        assert any(event["event"] == "tamper" for event in sup.events)
+        await sup.stop_server("evil")
+
+
 async def test_a_secret_a_child_prints_is_redacted_in_logs_proposals_and_the_audit_log(
     tmp_path: Path, make_config: ConfigMaker, supervisor_factory: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -3,8 +3,8 @@
 Without bubblewrap a child can write the config, the workspace's `.git/config`, the state
 folder and the audit log (docs/isolation.md). `IntegrityGuard` seals each protected file
 (its SHA-256, or for the audit log the size and identity the supervisor itself last left) and
-`check()` names every one that changed since. The Supervisor runs it before every change's
-git work and before anything becomes last good; a finding is a `tamper` event, and changes
+`check()` names every one that changed since. The Supervisor runs it before every git call
+(`GitRepo.before_git`) and before anything becomes last good; a finding is a `tamper` event, and changes
 are refused until an operator has looked and called `recover` (which seals the files anew).
 
 It runs with the sandbox too: cheap, and it also sees what a mount cannot stop (a child that

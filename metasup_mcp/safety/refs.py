@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import re
 import subprocess
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import NamedTuple
@@ -52,10 +52,15 @@ class GitRepo:
         self.root = root
         self.git_dir = git_dir
         self.ownership = ownership or Ownership(root)
+        # Run before every git call: without a kernel sandbox, the integrity check of what the
+        # supervisor trusts (docs/isolation.md); it records findings, it never blocks git.
+        self.before_git: Callable[[], object] | None = None
 
     # --- plumbing ----------------------------------------------------------------------
 
     def _git(self, *args: str, input: bytes | None = None, env: Mapping[str, str] | None = None, ok: Iterable[int] = (0,)) -> subprocess.CompletedProcess[bytes]:
+        if self.before_git is not None:
+            self.before_git()
         return run_git(args, cwd=self.root, env=git_env(self.git_dir, self.root, env), git_dir=self.git_dir, input=input, ok=ok)
 
     def _out(self, *args: str, input: bytes | None = None, env: Mapping[str, str] | None = None) -> str:

@@ -74,11 +74,15 @@ class DiskGuard:
         self.poll_interval = poll_interval
         self.trial: Trial | None = None
 
-    def _code_for(self, child: ManagedChild, tracked: Sequence[str], untracked: Sequence[str]) -> list[str]:
+    def _code_for(self, child: ManagedChild, tracked: Sequence[str], untracked: Sequence[str], last_good: str) -> list[str]:
         """Changed files this server watches. An untracked file counts only under an explicit
-        `watch` glob: with none (watch everything), a stray TODO.txt is the user's, not code."""
+        `watch` glob: with none (watch everything), a stray TODO.txt is the user's, not code.
+        Nor does one that last good's ignore rules ignore: a child deleting `.gitignore` on
+        disk does not turn `venv/` or `.env` into code."""
         ws = self.workspace
-        changed = [*tracked, *(untracked if child.config.watch else ())]
+        new = [p for p in untracked if child.config.watches(p)] if child.config.watch else []
+        new = sorted(set(new) - ws.ignored_at(last_good, new))
+        changed = [*tracked, *new]
         return sorted(
             p for p in ws.ownership.code_only(changed)
             if child.config.watches(p) and not is_protected(p, self.policy, ws.root)
@@ -99,7 +103,7 @@ class DiskGuard:
             if self.trial is not None:
                 self.trial.generations[child.name] = child.generation
                 return
-            paths = self._code_for(child, tracked, untracked)
+            paths = await _io(self._code_for, child, tracked, untracked, last_good)
             if not paths:
                 return
             trial_id = new_proposal_id(prefix="c")

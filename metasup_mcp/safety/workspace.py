@@ -22,6 +22,7 @@ import contextlib
 import os
 import secrets
 import shutil
+import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -215,6 +216,25 @@ class Workspace(GitRepo):
         if not paths:
             return set()
         proc = self._git("check-ignore", "-z", "--stdin", input=_nul(paths), ok=(0, 1))
+        return {p for p in proc.stdout.decode("utf-8", "surrogateescape").split("\0") if p}
+
+    @mapped
+    def ignored_at(self, commit: str, paths: Sequence[str]) -> set[str]:
+        """Those of `paths` that the ignore rules `commit` holds would ignore (its `.gitignore`
+        files, with info/exclude): what was data before a `.gitignore` on disk was edited."""
+        if not paths:
+            return set()
+        rules = [p for p in self._z("ls-tree", "-r", "-z", "--name-only", self._resolve(commit))
+                 if p.rpartition("/")[2] == ".gitignore"]
+        with tempfile.TemporaryDirectory(prefix="metasup-ignore-") as tmp:
+            for rel in rules:
+                target = Path(tmp, rel)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(self._git("cat-file", "blob", f"{commit}:{rel}").stdout)
+            proc = run_git(
+                ["check-ignore", "--no-index", "-z", "--stdin"], cwd=Path(tmp), input=_nul(paths), ok=(0, 1),
+                env=git_env(self.git_dir, Path(tmp)), git_dir=self.git_dir,
+            )
         return {p for p in proc.stdout.decode("utf-8", "surrogateescape").split("\0") if p}
 
     @mapped

@@ -38,3 +38,27 @@ async def test_an_on_disk_edit_deleting_gitignore_commits_no_file_it_ignored(tmp
         await settled(sup)
     assert "venv/site.py" not in every_committed_path(repo)
     assert (repo / "venv" / "site.py").read_text() == "# a virtualenv\n"
+
+
+def saved_copies(repo, path: str) -> list[str]:
+    """The contents of `path` in every saved ref (the documented way to get user work back)."""
+    refs = user_git(repo, "for-each-ref", "--format=%(refname)", "refs/metasup/saved/").split()
+    return [user_git(repo, "show", f"{ref}:{path}") for ref in refs if user_git(repo, "cat-file", "-e", f"{ref}:{path}", check=False) == ""
+            and user_git(repo, "ls-tree", ref, "--", path)]
+
+
+async def test_a_rollback_that_turns_a_folder_back_into_a_file_saves_the_users_files_inside_it(tmp_path, make_config, supervisor_factory):
+    repo = user_repo(tmp_path)
+    (repo / "lib").write_text("a file at first\n")
+    user_git(repo, "add", "lib")
+    user_git(repo, "commit", "-qm", "lib is a file")
+    async with supervisor_factory(config_for(make_config, tmp_path, repo, [APP])) as sup:
+        start = sup.supervisor_block()["last_good_commit"]
+        dropped = await propose(sup, "drop lib", [{"path": "lib", "delete": True}])
+        package = await propose(sup, "lib becomes a package", [{"path": "lib/x.py", "content": "X = 1\n"}])
+        assert dropped["verdict"] == package["verdict"] == "applied", (dropped, package)
+        (repo / "lib" / "notes.txt").write_text("my notes, untracked\n")
+        back = await sup.rollback(start, reason="back to before the package")
+        assert not back["noop"]
+    assert (repo / "lib").read_text() == "a file at first\n"
+    assert "my notes, untracked" in saved_copies(repo, "lib/notes.txt")

@@ -19,6 +19,7 @@ passed something invalid. Not thread-safe: the pipeline's lock serialises its us
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import secrets
 import shutil
@@ -44,7 +45,9 @@ from metasup_mcp.safety.refs import (
     RefInfo,
     stamp,
 )
-from metasup_mcp.safety.rules import FileChange
+from metasup_mcp.safety.rules import FileChange, is_git_path
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "IDENTITY",
@@ -293,12 +296,37 @@ class Workspace(GitRepo):
 
     # --- the four moves ----------------------------------------------------------------
 
+    def _on_disk(self, paths: Iterable[str]) -> list[str]:
+        """The files a write of `paths` could remove: each path, or every file under it when it
+        is a folder on disk, and a file (or symlink) standing where a path needs a folder."""
+        found: set[str] = set()
+        for path in paths:
+            parts = path.split("/")
+            for i in range(1, len(parts)):
+                prefix = "/".join(parts[:i])
+                here = self.root / prefix
+                if here.is_symlink() or (os.path.lexists(here) and not here.is_dir()):
+                    found.add(prefix)
+                    break
+            full = self.root / path
+            if full.is_dir() and not full.is_symlink():
+                for folder, dirs, files in os.walk(full):  # symlinked folders are listed, not entered
+                    dirs[:] = [d for d in dirs if not is_git_path(d)]
+                    rel = Path(folder).relative_to(self.root).as_posix()
+                    found.update(f"{rel}/{name}" for name in files)
+                    found.update(f"{rel}/{d}" for d in dirs if Path(folder, d).is_symlink())
+            else:
+                found.add(path)
+        return sorted(found)
+
     @mapped
     def save(self, paths: Sequence[str], reason: str) -> Savepoint:
-        """Record `paths` as they are on disk, and the user's index, before anything touches them."""
+        """Record `paths` as they are on disk (a folder standing at one: every file under it),
+        and the user's index, before anything touches them."""
         head = self.head()
         head_tree = self._out("rev-parse", "HEAD^{tree}")
         index_tree = self._user_index_tree()
+        paths = self._on_disk(paths)
         with self._temp_index(head) as env:
             self._stage(sorted(set(paths)), env)
             tree = self._out("write-tree", env=env)
@@ -382,6 +410,10 @@ class Workspace(GitRepo):
         if not paths:
             return
         present = set(self._z("--literal-pathspecs", "ls-tree", "-r", "-z", "--name-only", commit, "--", *paths))
+        in_the_way = sorted(set(self._on_disk(present)) - set(paths))
+        if in_the_way:  # a folder where a file goes back, or a file where a folder does: git would delete them
+            kept = self.save(in_the_way, f"in the way of putting back {len(paths)} paths from {commit[:12]}")
+            logger.warning("saved %d files in the way of a put-back under %s", len(in_the_way), kept.ref)
         for path in paths:
             if path not in present:
                 unlink_inside(self.root, path)

@@ -62,3 +62,20 @@ async def test_a_rollback_that_turns_a_folder_back_into_a_file_saves_the_users_f
         assert not back["noop"]
     assert (repo / "lib").read_text() == "a file at first\n"
     assert "my notes, untracked" in saved_copies(repo, "lib/notes.txt")
+
+
+async def test_a_child_writing_thousands_of_watched_files_is_still_put_back(tmp_path, make_config, supervisor_factory):
+    repo = user_repo(tmp_path)
+    async with supervisor_factory(config_for(make_config, tmp_path, repo, [PY_APP])) as sup:
+        assert await served_version(sup) == "1"
+        gen = repo / "generated"
+        deep = gen.joinpath(*["d" * 250] * 14)
+        deep.mkdir(parents=True)
+        for i in range(700):  # 3.5 kB paths: together over ARG_MAX (2 MiB)
+            (deep / f"{i}.py").write_text("")
+        (repo / "server.py").write_text(with_version("written by a child"))
+        await sup.restart_server("app")
+        assert await served_version(sup) == "1"
+        await settled(sup)
+    assert not any(deep.iterdir())
+    assert sup.supervisor_block()["current_commit"] == sup.supervisor_block()["last_good_commit"]

@@ -80,6 +80,24 @@ class Savepoint(NamedTuple):
     head: str
 
 
+ARGV_BUDGET = 256 * 1024  # bytes of paths per git call: ARG_MAX is 2 MiB on Linux, less elsewhere
+
+
+def _batches(paths: Sequence[str]) -> Iterator[list[str]]:
+    """`paths` in runs whose bytes fit one command line, for git commands that take no stdin."""
+    batch: list[str] = []
+    size = 0
+    for path in paths:
+        cost = len(path.encode("utf-8", "surrogateescape")) + 1
+        if batch and size + cost > ARGV_BUDGET:
+            yield batch
+            batch, size = [], 0
+        batch.append(path)
+        size += cost
+    if batch:
+        yield batch
+
+
 def _nul(paths: Iterable[str]) -> bytes:
     return b"\0".join(p.encode("utf-8", "surrogateescape") for p in paths)
 
@@ -350,7 +368,10 @@ class Workspace(GitRepo):
         if not paths:
             return True
         # Modified or deleted tracked files, and untracked ones, ignored included (no excludes given).
-        return not self._git("--literal-pathspecs", "ls-files", "-z", "--modified", "--others", "--", *paths).stdout
+        return not any(
+            self._git("--literal-pathspecs", "ls-files", "-z", "--modified", "--others", "--", *batch).stdout
+            for batch in _batches(paths)
+        )
 
     @mapped
     def apply(self, changes: Sequence[FileChange]) -> None:
@@ -409,7 +430,8 @@ class Workspace(GitRepo):
         paths = sorted(set(paths))
         if not paths:
             return
-        present = set(self._z("--literal-pathspecs", "ls-tree", "-r", "-z", "--name-only", commit, "--", *paths))
+        present = {p for batch in _batches(paths)
+                   for p in self._z("--literal-pathspecs", "ls-tree", "-r", "-z", "--name-only", commit, "--", *batch)}
         in_the_way = sorted(set(self._on_disk(present)) - set(paths))
         if in_the_way:  # a folder where a file goes back, or a file where a folder does: git would delete them
             kept = self.save(in_the_way, f"in the way of putting back {len(paths)} paths from {commit[:12]}")

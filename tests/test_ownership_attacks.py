@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import anyio
@@ -79,3 +80,33 @@ async def test_a_child_writing_thousands_of_watched_files_is_still_put_back(tmp_
         await settled(sup)
     assert not any(deep.iterdir())
     assert sup.supervisor_block()["current_commit"] == sup.supervisor_block()["last_good_commit"]
+
+
+async def test_a_fifo_among_a_childs_edits_does_not_let_them_run_unscreened(tmp_path, make_config, supervisor_factory):
+    repo = user_repo(tmp_path)
+    config = config_for(make_config, tmp_path, repo, [PY_APP], approval={"mode": "deny"})
+    (repo / "helper.py").write_text("HELP = 1\n")
+    user_git(repo, "add", "helper.py")
+    user_git(repo, "commit", "-qm", "a helper")
+    async with supervisor_factory(config) as sup:
+        assert await served_version(sup) == "1"
+        os.mkfifo(repo / "evil.py")
+        (repo / "helper.py").unlink()
+        os.mkfifo(repo / "helper.py")  # a tracked file replaced by a fifo
+        (repo / "server.py").write_text(with_version("written by a child"))
+        await sup.restart_server("app")
+        assert await served_version(sup) == "1"
+    assert "written by a child" in "".join(saved_copies(repo, "server.py"))
+
+
+async def test_a_proposal_over_a_fifo_a_child_planted_is_refused_without_hanging(tmp_path, make_config, supervisor_factory):
+    repo = user_repo(tmp_path)
+    async with supervisor_factory(config_for(make_config, tmp_path, repo, [APP])) as sup:
+        assert await served_version(sup) == "1"
+        os.mkfifo(repo / "tools.py")
+        with anyio.fail_after(20):
+            result = await propose(sup, "over a fifo", [{"path": "tools.py", "content": "X = 1\n"}])
+        assert result["verdict"] == "rejected" and "tools.py" in " ".join(result["reasons"]), result
+        with anyio.fail_after(20):
+            after = await propose(sup, "v2", [{"path": "server.py", "content": with_version("2")}])
+        assert after["verdict"] == "applied", after

@@ -262,11 +262,13 @@ class ManagedChild:
         self._notify()
         # Before any await: a stop asked while the hook runs must reach this incarnation.
         stop = self._stop_incarnation = anyio.Event()
+        held: str | None = None
         if self.before_start is not None:
             try:
                 await self.before_start(self)
-            except Exception:  # the guard failing must not keep a server down
-                logger.exception("%s: before-start hook failed; starting anyway", self.name)
+            except Exception as exc:  # unscreened edits must not run: fail closed, back off and try again
+                logger.exception("%s: before-start hook failed; not starting this incarnation", self.name)
+                held = f"not started: the on-disk edits it watches could not be screened ({exc})"[:500]
         returncode: int | None = None
         spec = SpawnSpec(
             name=self.name,
@@ -277,6 +279,8 @@ class ManagedChild:
             sandbox=self._supervision.sandbox,
         )
         try:
+            if held is not None:
+                raise _Held(held)
             async with spawn_child(spec, self._on_stderr) as streams:
                 self.pid = streams.process.pid
                 self.process = streams.process
@@ -287,6 +291,8 @@ class ManagedChild:
                     logger.exception("%s: unexpected error while serving it; stopping this incarnation", self.name)
                     reason = f"internal error while talking to the child: {exc!r}"
             returncode = streams.process.returncode
+        except _Held as exc:
+            reason = str(exc)
         except OSError as exc:
             reason = f"spawn failed: {exc.strerror or exc} ({spec.argv[0]})"
         finally:
@@ -565,3 +571,5 @@ def _health_detail(reason: str, figures: HealthFigures, checks: HealthChecks) ->
     return reason
 
 
+class _Held(Exception):
+    """This incarnation is not started: the before-start hook (the on-disk guard) failed."""

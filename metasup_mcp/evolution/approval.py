@@ -14,6 +14,7 @@ import fnmatch
 import hmac
 import json
 import os
+import stat
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -73,8 +74,12 @@ def summarize(root: Path, changes: Sequence[FileChange]) -> tuple[DiffSummary, s
 
 
 def _read(path: Path) -> list[str]:
-    try:
-        return path.read_text(errors="replace").splitlines(keepends=True)
+    try:  # O_NONBLOCK, regular files only: a fifo planted at the path must not hang the approval
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return []
+            return f.read().decode("utf-8", "replace").splitlines(keepends=True)
     except (OSError, ValueError):  # absent, a folder, unreadable: all of it is new
         return []
 

@@ -349,6 +349,8 @@ def _disk_violations(change: FileChange, root: Path, root_real: Path) -> tuple[l
         elif last and stat.S_ISDIR(st.st_mode):
             rule = "delete_directory" if change.delete else "target_is_directory"
             out.append(Violation(rule, rel, f"{rel} is a folder; delete or write the files inside it one by one"))
+        elif last and not stat.S_ISREG(st.st_mode):
+            out.append(Violation("target_not_regular", rel, f"{rel} is a fifo, socket or device, not a file; remove it first"))
     if change.delete and not exists:
         out.append(Violation("delete_missing", rel, f"cannot delete {rel}: it does not exist"))
     try:

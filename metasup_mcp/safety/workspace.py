@@ -23,6 +23,7 @@ import logging
 import os
 import secrets
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
@@ -96,6 +97,15 @@ def _batches(paths: Sequence[str]) -> Iterator[list[str]]:
         size += cost
     if batch:
         yield batch
+
+
+def _is_special(path: Path) -> bool:
+    """Neither a regular file, a symlink nor a folder (a fifo, a socket, a device)."""
+    try:
+        mode = path.lstat().st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISLNK(mode) or stat.S_ISDIR(mode))
 
 
 def _nul(paths: Iterable[str]) -> bytes:
@@ -300,8 +310,11 @@ class Workspace(GitRepo):
         """A regular file's text (None: absent, not regular, over `limit` bytes or not UTF-8)."""
         try:
             with parent_dir(self.root, rel, create=False) as (dir_fd, name):
-                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dir_fd)
+                # O_NONBLOCK: opening a fifo a child planted must not hang the supervisor.
+                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
                 with os.fdopen(fd, "rb") as f:
+                    if not stat.S_ISREG(os.fstat(fd).st_mode):
+                        return None
                     data = f.read(limit + 1)
         except (OSError, WorkspaceError):
             return None
@@ -345,8 +358,11 @@ class Workspace(GitRepo):
         head_tree = self._out("rev-parse", "HEAD^{tree}")
         index_tree = self._user_index_tree()
         paths = self._on_disk(paths)
+        special = [p for p in paths if _is_special(self.root / p)]  # fifos, sockets: no bytes to keep
         with self._temp_index(head) as env:
-            self._stage(sorted(set(paths)), env)
+            self._stage([p for p in paths if p not in special], env)
+            if special:
+                self._git("update-index", "--force-remove", "-z", "--stdin", input=_nul(special), env=env)
             tree = self._out("write-tree", env=env)
         if tree == head_tree and index_tree == head_tree:
             return Savepoint(None, head, None, head)

@@ -110,3 +110,23 @@ async def test_a_proposal_over_a_fifo_a_child_planted_is_refused_without_hanging
         with anyio.fail_after(20):
             after = await propose(sup, "v2", [{"path": "server.py", "content": with_version("2")}])
         assert after["verdict"] == "applied", after
+
+
+async def test_a_rolled_back_change_restores_files_byte_for_byte_whatever_gitattributes_says(tmp_path, make_config, supervisor_factory):
+    repo = user_repo(tmp_path)
+    (repo / ".gitattributes").write_text("* text=auto\n")
+    user_git(repo, "add", ".gitattributes")
+    user_git(repo, "commit", "-qm", "normalise line endings")
+    (repo / "data" / "export.csv").write_bytes(b"a,b\r\nc,d\r\n")  # ignored, written on another OS
+    (repo / "run.sh").write_bytes(b"#!/bin/sh\r\necho hi\r\n")  # untracked and executable
+    (repo / "run.sh").chmod(0o755)
+    async with supervisor_factory(config_for(make_config, tmp_path, repo, [APP])) as sup:
+        result = await propose(sup, "breaks", [
+            {"path": "data/export.csv", "content": "overwritten\n"},
+            {"path": "run.sh", "content": "echo overwritten\n"},
+            {"path": "server.py", "content": with_version("2", "raise SystemExit('broken at import')")},
+        ])
+        assert result["verdict"] == "rolled_back", result
+    assert (repo / "data" / "export.csv").read_bytes() == b"a,b\r\nc,d\r\n"
+    assert (repo / "run.sh").read_bytes() == b"#!/bin/sh\r\necho hi\r\n"
+    assert (repo / "run.sh").stat().st_mode & 0o777 == 0o755

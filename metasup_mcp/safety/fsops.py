@@ -58,7 +58,9 @@ def unlink_inside(root: Path, rel: str) -> None:
         pass
 
 
-def write_at(dir_fd: int, name: str, data: bytes) -> None:
+def write_at(dir_fd: int, name: str, data: bytes, executable: bool | None = None) -> None:
+    """Write `name` atomically with the mode of the file it replaces; `executable` (git's one
+    mode bit) sets or clears the execute bits where the read bits are."""
     try:
         st: os.stat_result | None = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
     except FileNotFoundError:
@@ -73,8 +75,11 @@ def write_at(dir_fd: int, name: str, data: bytes) -> None:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
-            if st is not None:
-                os.fchmod(fd, stat.S_IMODE(st.st_mode))
+            mode = stat.S_IMODE(st.st_mode if st is not None else os.fstat(fd).st_mode)
+            if executable is not None:
+                mode = (mode | (mode & 0o444) >> 2) if executable else mode & ~0o111
+            if st is not None or executable is not None:
+                os.fchmod(fd, mode)
             os.fsync(fd)
         finally:
             os.close(fd)

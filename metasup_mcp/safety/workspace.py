@@ -108,6 +108,13 @@ def _is_special(path: Path) -> bool:
     return not (stat.S_ISREG(mode) or stat.S_ISLNK(mode) or stat.S_ISDIR(mode))
 
 
+def _is_regular(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(path.lstat().st_mode)
+    except OSError:
+        return False
+
+
 def _nul(paths: Iterable[str]) -> bytes:
     return b"\0".join(p.encode("utf-8", "surrogateescape") for p in paths)
 
@@ -359,10 +366,13 @@ class Workspace(GitRepo):
         index_tree = self._user_index_tree()
         paths = self._on_disk(paths)
         special = [p for p in paths if _is_special(self.root / p)]  # fifos, sockets: no bytes to keep
+        regular = [p for p in paths if _is_regular(self.root / p)]
         with self._temp_index(head) as env:
-            self._stage([p for p in paths if p not in special], env)
+            self._stage([p for p in paths if p not in special and p not in regular], env)  # symlinks, absent
             if special:
                 self._git("update-index", "--force-remove", "-z", "--stdin", input=_nul(special), env=env)
+            if regular:  # their bytes exactly: no eol conversion or filter a .gitattributes asks for
+                self._git("update-index", "-z", "--index-info", input=self._raw_entries(regular), env=env)
             tree = self._out("write-tree", env=env)
         if tree == head_tree and index_tree == head_tree:
             return Savepoint(None, head, None, head)
@@ -376,6 +386,39 @@ class Workspace(GitRepo):
                    f"{listed}\nMetasup-Saved-Head: {head}\n")
         sha = self._commit_tree(tree, parents, message)
         return Savepoint(self._create_ref(REF_SAVED + stamp(), sha), sha, index, head)
+
+    def _raw_entries(self, regular: Sequence[str]) -> bytes:
+        """`update-index --index-info` lines for regular files, hashed as the bytes on disk."""
+        lines = []
+        for batch in _batches(regular):
+            shas = self._out("hash-object", "-w", "--no-filters", "--", *batch).split()
+            for path, sha in zip(batch, shas, strict=True):
+                mode = "100755" if (self.root / path).lstat().st_mode & stat.S_IXUSR else "100644"
+                lines.append(f"{mode} {sha}\t{path}")
+        return _nul(lines) + b"\0"
+
+    def _write_raw(self, commit: str, paths: Sequence[str]) -> list[str]:
+        """Write the regular files of `commit` among `paths` byte for byte (no eol conversion or
+        filter: a savepoint holds them as they were on disk); return the paths left (symlinks)."""
+        entries: list[tuple[str, str, str]] = []
+        for batch in _batches(paths):
+            for line in self._z("--literal-pathspecs", "ls-tree", "-r", "-z", commit, "--", *batch):
+                meta, _, path = line.partition("\t")
+                mode, _, sha = meta.split(" ")
+                entries.append((mode, sha, path))
+        regular = [e for e in entries if e[0] in ("100644", "100755")]
+        if regular:
+            out = self._git("cat-file", "--batch", input="".join(f"{sha}\n" for _, sha, _ in regular).encode()).stdout
+            at = 0
+            for mode, _, path in regular:
+                header_end = out.index(b"\n", at)
+                size = int(out[at:header_end].split()[2])
+                data = out[header_end + 1: header_end + 1 + size]
+                at = header_end + 1 + size + 1
+                with parent_dir(self.root, path, create=True) as (dir_fd, name):
+                    write_at(dir_fd, name, data, executable=mode == "100755")
+        written = {path for _, _, path in regular}
+        return [p for p in paths if p not in written]
 
     @mapped
     def untouched_since_commit(self, paths: Sequence[str]) -> bool:
@@ -455,11 +498,29 @@ class Workspace(GitRepo):
         for path in paths:
             if path not in present:
                 unlink_inside(self.root, path)
-        if present:
+        rest = sorted(present)
+        self._clear_way(in_the_way, rest)
+        if isinstance(source, Savepoint) and rest:
+            rest = self._write_raw(commit, rest)
+        if rest:
             with self._temp_index(commit) as env:
-                self._git("checkout-index", "-f", "-z", "--stdin", env=env, input=_nul(sorted(present)))
+                self._git("checkout-index", "-f", "-z", "--stdin", env=env, input=_nul(rest))
         drop_bytecode(self.root, paths)
         self._index_from(index, paths)
+
+    def _clear_way(self, in_the_way: Sequence[str], targets: Sequence[str]) -> None:
+        """Remove what stands where `targets` go (saved already), and the folders it leaves
+        empty; a folder still holding something (a nested repository) stops the put-back."""
+        for path in in_the_way:
+            unlink_inside(self.root, path)
+        for target in targets:
+            folder = self.root / target
+            if folder.is_dir() and not folder.is_symlink():
+                for sub, _, _ in sorted(os.walk(folder), key=lambda w: -len(w[0])):
+                    with contextlib.suppress(OSError):
+                        os.rmdir(sub)
+                if folder.exists():
+                    raise WorkspaceError(f"cannot put back {target}: the folder there still holds files it may not remove")
 
     @mapped
     def move_head(self, expected: str, to: str) -> bool:

@@ -130,3 +130,18 @@ async def test_a_rolled_back_change_restores_files_byte_for_byte_whatever_gitatt
     assert (repo / "data" / "export.csv").read_bytes() == b"a,b\r\nc,d\r\n"
     assert (repo / "run.sh").read_bytes() == b"#!/bin/sh\r\necho hi\r\n"
     assert (repo / "run.sh").stat().st_mode & 0o777 == 0o755
+
+
+async def test_a_repo_with_no_commits_keeps_what_the_user_had_staged(tmp_path, make_config, supervisor_factory):
+    repo = tmp_path / "fresh"
+    repo.mkdir()
+    user_git(repo, "init", "-q", "--initial-branch=main")
+    (repo / "server.py").write_text(with_version("1"))
+    (repo / "notes.md").write_text("staged version\n")
+    user_git(repo, "add", "server.py", "notes.md")
+    (repo / "notes.md").write_text("edited after staging\n")
+    async with supervisor_factory(config_for(make_config, tmp_path, repo, [APP])) as sup:
+        assert await served_version(sup) == "1"
+    assert (repo / "notes.md").read_text() == "edited after staging\n"
+    refs = user_git(repo, "for-each-ref", "--format=%(refname)", "refs/metasup/saved/").split()
+    assert any(user_git(repo, "show", f"{ref}:notes.md", check=False) == "staged version" for ref in refs), refs

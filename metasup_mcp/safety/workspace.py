@@ -192,6 +192,10 @@ class Workspace(GitRepo):
         return ws
 
     def _first_commit(self) -> None:
+        staged = self._user_index_tree()  # `git add` before any commit: kept, the index is rebuilt below
+        if staged != self._out("hash-object", "-t", "tree", "/dev/null"):
+            kept = self._commit_tree(staged, [], "metasup saved: the index before the first snapshot\n")
+            self._create_ref(REF_SAVED + stamp(), kept)
         with self._temp_index(None) as env:
             self._git("add", "-A", env=env)  # unborn HEAD: what is there (not ignored) is the start
             unwanted = [p for p in self._z("ls-files", "-z", env=env) if self.ownership.never_code(p)]

@@ -145,3 +145,21 @@ async def test_a_repo_with_no_commits_keeps_what_the_user_had_staged(tmp_path, m
     assert (repo / "notes.md").read_text() == "edited after staging\n"
     refs = user_git(repo, "for-each-ref", "--format=%(refname)", "refs/metasup/saved/").split()
     assert any(user_git(repo, "show", f"{ref}:notes.md", check=False) == "staged version" for ref in refs), refs
+
+
+async def test_a_broken_on_disk_edit_beside_a_nested_repository_is_rolled_back_and_the_repository_kept(tmp_path, make_config, supervisor_factory):
+    repo = user_repo(tmp_path)
+    nested = repo / "vendor"
+    nested.mkdir()
+    user_git(nested, "init", "-q")
+    (nested / "lib.py").write_text("# someone else's repository\n")
+    app = {**APP, "watch": ["server.py", "vendor/"]}
+    async with supervisor_factory(config_for(make_config, tmp_path, repo, [app])) as sup:
+        assert await served_version(sup) == "1"
+        (repo / "server.py").write_text(with_version("2", "raise SystemExit('broken at import')"))
+        await sup.restart_server("app")
+        assert await served_version(sup) == "1"
+        await settled(sup)
+        block = sup.supervisor_block()
+        assert block["current_commit"] == block["last_good_commit"]
+    assert (nested / "lib.py").read_text() == "# someone else's repository\n" and (nested / ".git").is_dir()

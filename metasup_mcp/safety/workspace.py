@@ -108,6 +108,23 @@ def _is_special(path: Path) -> bool:
     return not (stat.S_ISREG(mode) or stat.S_ISLNK(mode) or stat.S_ISDIR(mode))
 
 
+RAW_WRITE_LIMIT = 64 * 1024 * 1024  # bytes: a saved file larger than this goes back through a checkout
+
+
+def _by_size(entries: list[tuple[str, str, str, int]]) -> Iterator[list[tuple[str, str, str, int]]]:
+    """Runs of one `cat-file --batch` each, so a put-back holds at most ~RAW_WRITE_LIMIT in memory."""
+    run: list[tuple[str, str, str, int]] = []
+    total = 0
+    for entry in entries:
+        if run and total + entry[3] > RAW_WRITE_LIMIT:
+            yield run
+            run, total = [], 0
+        run.append(entry)
+        total += entry[3]
+    if run:
+        yield run
+
+
 def _is_regular(path: Path) -> bool:
     try:
         return stat.S_ISREG(path.lstat().st_mode)
@@ -403,25 +420,26 @@ class Workspace(GitRepo):
 
     def _write_raw(self, commit: str, paths: Sequence[str]) -> list[str]:
         """Write the regular files of `commit` among `paths` byte for byte (no eol conversion or
-        filter: a savepoint holds them as they were on disk); return the paths left (symlinks)."""
-        entries: list[tuple[str, str, str]] = []
+        filter: a savepoint holds them as they were on disk); return the paths left to a
+        checkout (symlinks, and files over RAW_WRITE_LIMIT, which are not held in memory)."""
+        regular: list[tuple[str, str, str, int]] = []
         for batch in _batches(paths):
-            for line in self._z("--literal-pathspecs", "ls-tree", "-r", "-z", commit, "--", *batch):
+            for line in self._z("--literal-pathspecs", "ls-tree", "-r", "-z", "-l", commit, "--", *batch):
                 meta, _, path = line.partition("\t")
-                mode, _, sha = meta.split(" ")
-                entries.append((mode, sha, path))
-        regular = [e for e in entries if e[0] in ("100644", "100755")]
-        if regular:
-            out = self._git("cat-file", "--batch", input="".join(f"{sha}\n" for _, sha, _ in regular).encode()).stdout
+                mode, _, sha, size = meta.split()
+                if mode in ("100644", "100755") and int(size) <= RAW_WRITE_LIMIT:
+                    regular.append((mode, sha, path, int(size)))
+        for run in _by_size(regular):
+            out = self._git("cat-file", "--batch", input="".join(f"{sha}\n" for _, sha, _, _ in run).encode()).stdout
             at = 0
-            for mode, _, path in regular:
+            for mode, _, path, _ in run:
                 header_end = out.index(b"\n", at)
                 size = int(out[at:header_end].split()[2])
                 data = out[header_end + 1: header_end + 1 + size]
                 at = header_end + 1 + size + 1
                 with parent_dir(self.root, path, create=True) as (dir_fd, name):
                     write_at(dir_fd, name, data, executable=mode == "100755")
-        written = {path for _, _, path in regular}
+        written = {path for _, _, path, _ in regular}
         return [p for p in paths if p not in written]
 
     @mapped

@@ -9,6 +9,7 @@ import anyio
 import pytest
 
 from metasup_mcp.evolution.pipeline import ChangeRequest
+from metasup_mcp.safety.workspace import Workspace
 from metasup_mcp.supervisor import Supervisor
 from tests.ownership_support import APP, config_for, every_committed_path, user_git, user_repo
 from tests.safety_support import with_version, served_version
@@ -163,3 +164,19 @@ async def test_a_broken_on_disk_edit_beside_a_nested_repository_is_rolled_back_a
         block = sup.supervisor_block()
         assert block["current_commit"] == block["last_good_commit"]
     assert (nested / "lib.py").read_text() == "# someone else's repository\n" and (nested / ".git").is_dir()
+
+
+
+def test_files_with_odd_names_are_saved_and_put_back_byte_for_byte(tmp_path):
+    repo = user_repo(tmp_path)
+    names = ["new\nline.txt", "-dash.txt", "ünï cödé.txt", os.fsdecode(b"not-utf8-\xff.txt"), "sp ace/x y.txt",
+             "tab\tname.txt", '"quoted".txt', "back\\slash.txt", "*star.txt", ":(glob)x.txt"]
+    for name in names:
+        (repo / name).parent.mkdir(exist_ok=True)
+        (repo / name).write_bytes(os.fsencode(name) + b"\r\n")
+    ws = Workspace.open_or_init(repo)
+    saved = ws.save(names, "odd names")
+    for name in names:
+        (repo / name).write_bytes(b"overwritten\n")
+    ws.put_back(saved, names)
+    assert [n for n in names if (repo / n).read_bytes() != os.fsencode(n) + b"\r\n"] == []

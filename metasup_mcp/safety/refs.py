@@ -82,7 +82,7 @@ class GitRepo:
         args = ["commit-tree", "--no-gpg-sign", tree]
         for parent in parents:
             args += ["-p", parent]
-        return self._out(*args, "-F", "-", input=message.encode("utf-8"))
+        return self._out(*args, "-F", "-", input=message.encode("utf-8", "surrogateescape"))  # names as on disk
 
     # --- refs --------------------------------------------------------------------------
 

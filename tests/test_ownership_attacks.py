@@ -180,3 +180,29 @@ def test_files_with_odd_names_are_saved_and_put_back_byte_for_byte(tmp_path):
         (repo / name).write_bytes(b"overwritten\n")
     ws.put_back(saved, names)
     assert [n for n in names if (repo / n).read_bytes() != os.fsencode(n) + b"\r\n"] == []
+
+
+async def test_a_file_the_users_global_excludes_ignore_is_never_committed(tmp_path, make_config, supervisor_factory, monkeypatch):
+    from metasup_mcp.safety import gitcmd
+
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".gitignore_global").write_text("*.local.py\n")
+    (home / ".gitconfig").write_text(f"[core]\n\texcludesFile = {home / '.gitignore_global'}\n")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
+    gitcmd.user_excludes_file.cache_clear()
+    gitcmd._cache.clear()
+    try:
+        repo = user_repo(tmp_path)
+        (repo / "settings.local.py").write_text("PASSWORD = 'mine'\n")  # ignored by the user's own git
+        async with supervisor_factory(config_for(make_config, tmp_path, repo, [PY_APP])) as sup:
+            assert await served_version(sup) == "1"
+            (repo / "server.py").write_text(with_version("2"))
+            await sup.restart_server("app")
+            assert await served_version(sup) == "2"
+            await settled(sup)
+        assert "settings.local.py" not in every_committed_path(repo)
+    finally:
+        gitcmd.user_excludes_file.cache_clear()
+        gitcmd._cache.clear()

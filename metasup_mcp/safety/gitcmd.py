@@ -149,6 +149,30 @@ def _fingerprint(git_dir: Path) -> tuple[object, ...]:
     return tuple(parts)
 
 
+@functools.lru_cache(maxsize=1)
+def user_excludes_file() -> str | None:
+    """`core.excludesFile` from the user's global git config (that one key, includes not
+    followed; a regular file only, so a fifo cannot hang git): files the user's own git
+    ignores stay ignored here, though no other global setting is read."""
+    home = Path(os.environ.get("HOME") or "~").expanduser()
+    xdg = Path(os.environ.get("XDG_CONFIG_HOME") or home / ".config")
+    found = None
+    for config in (xdg / "git" / "config", home / ".gitconfig"):  # git's order: the later wins
+        if not config.is_file():
+            continue
+        try:
+            proc = subprocess.run(
+                ["git", "config", "--file", str(config), "--no-includes", "--type=path", "--get", "core.excludesFile"],
+                env=git_env(None, None), stdin=subprocess.DEVNULL, capture_output=True, check=False, timeout=10,
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        value = proc.stdout.decode("utf-8", "surrogateescape").strip()
+        if proc.returncode == 0 and value:
+            found = value
+    return found if found and Path(found).is_file() else None
+
+
 def neutralizing_options(git_dir: Path | None, cwd: Path) -> tuple[str, ...]:
     """`-c key=value` pairs that pin every program-running key the repository config sets."""
     fixed = [arg for key, value in _FIXED.items() for arg in ("-c", f"{key}={value}")]
@@ -172,6 +196,9 @@ def neutralizing_options(git_dir: Path | None, cwd: Path) -> tuple[str, ...]:
             dynamic += ["-c", f"{key}=" if not key.lower().startswith("pager.") else f"{key}=false"]
         if key.lower().startswith("filter.") and key.lower().endswith((".clean", ".smudge", ".process")):
             dynamic += ["-c", f"{key.rsplit('.', 1)[0]}.required=false"]
+    excludes = user_excludes_file()
+    if excludes is not None and "core.excludesfile" not in {k.lower() for k in keys}:
+        dynamic += ["-c", f"core.excludesFile={excludes}"]  # what the user's own git ignores
     if not any(k.lower().startswith(("include.", "includeif.")) for k in keys):
         _cache.clear() if len(_cache) > 64 else None
         _cache[print_] = tuple(dynamic)

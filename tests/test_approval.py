@@ -318,3 +318,30 @@ async def test_a_modern_client_answering_after_the_approval_timeout_is_refused(t
         assert late is not None and late["verdict"] == "rejected" and "expired" in late["reasons"][0]
         assert decisions(sup)[-1]["decided_by"] == "timeout"
         assert await served_version(sup) == "1"
+
+
+@pytest.mark.parametrize(
+    ("glob", "path"),
+    [
+        ("*.sql", "migrations/0001_drop.SQL"),  # letter case: one file on case-insensitive filesystems
+        ("deploy/**", "Deploy/run.sh"),
+        ("deploy/", "deploy/run.sh"),  # a folder, written as protected_paths are
+        ("deploy", "deploy/run.sh"),
+        ("*secrets.py", "app/secrets.py"),  # a glob without '/' matches a name at any depth
+        ("ｄｅｐｌｏｙ/**", "deploy/run.sh"),  # NFKC: full-width letters name the same folder
+    ],
+)
+async def test_human_for_cannot_be_sidestepped_by_case_folders_or_depth(tmp_path: Path, glob: str, path: str) -> None:
+    """human_for matches as protected_paths do (case-folded, NFKC, a pattern covers what is below it)."""
+    cfg = write_config(
+        tmp_path, [APP], workspace_template=str(workspace_template(tmp_path)),
+        approval={"mode": "auto", "human_for": [glob]},
+    )
+    sup = Supervisor(load_config(cfg))
+    async with sup.running():
+        server = SupervisorSurface(sup).build()
+        async with legacy_session(server) as session:
+            change = {"title": "sneak", "changes": [{"path": path, "content": "x\n"}]}
+            result = (await session.call_tool("propose_change", change)).structured_content
+    assert result is not None and result["verdict"] == "pending_approval", result
+    assert not (sup.settings.workspace / path).exists()

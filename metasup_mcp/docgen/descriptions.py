@@ -87,7 +87,10 @@ DESCRIPTIONS = {
     "CheckSpec.run": "`builtin:py_compile`, or a command as a list of words (or one string) run in the workspace.",
     "CheckSpec.timeout": "A check still running after this has failed.",
     "ApprovalSettings.mode": "`auto` applies what passes validation; `human` waits for `approve_change` with the operator token; `deny` refuses every change.",
-    "ApprovalSettings.human_for": "Globs of workspace paths that need a human even in `auto` mode.",
+    "ApprovalSettings.human_for": (
+        "Patterns of workspace paths that need a human even in `auto` mode, matched as `protected_paths` are: "
+        "any letter case, a folder covers what is below it, a glob without `/` matches a name at any depth."
+    ),
     "ApprovalSettings.timeout": "An elicitation unanswered, or a change pending a human decision, after this is refused.",
     "ApprovalSettings.operator_token_file": "A file holding the operator token (outside the workspace); else `METASUP_OPERATOR_TOKEN` in the supervisor's environment. Needed by approve_change, reload_config, approve_server.",
     "SupervisorConfig.benchmark": "An optional performance metric, measured on each verified commit.",

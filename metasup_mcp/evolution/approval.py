@@ -10,7 +10,6 @@ stored beside the proposal, shown in status, logged or audited.
 from __future__ import annotations
 
 import difflib
-import fnmatch
 import hmac
 import json
 import os
@@ -24,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from metasup_mcp.config import ApprovalSettings, StrategySettings
 from metasup_mcp.evolution.strategy import StrategyChoice, over_limits
 from metasup_mcp.safety.journal import atomic_write
-from metasup_mcp.safety.rules import FileChange
+from metasup_mcp.safety.rules import FileChange, matches_pattern
 
 if TYPE_CHECKING:
     from metasup_mcp.evolution.coordinator import Assessment
@@ -99,7 +98,7 @@ def decide(
         return Decision("human", over, f"strategy:{strategy.name}")
     if settings.mode == "human":
         return Decision("human", "approval mode is human", "policy:human")
-    matched = [p for p in changed_paths if any(fnmatch.fnmatch(p, glob) for glob in settings.human_for)]
+    matched = [p for p in changed_paths if any(matches_pattern(p, glob) for glob in settings.human_for)]
     if matched:
         return Decision("human", f"{', '.join(matched)} match approval.human_for", "policy:human_for")
     return Decision("approve", "approval mode is auto", "policy:auto")

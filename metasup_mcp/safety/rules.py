@@ -51,6 +51,7 @@ __all__ = [
     "Violation",
     "is_git_path",
     "is_protected",
+    "matches_pattern",
     "load_safety_rules",
     "parse_changes",
     "validate_changes",
@@ -238,6 +239,13 @@ def _pattern_matches(rel: str, pattern: str) -> bool:
         return any(fnmatch.fnmatchcase(part, pat) for part in parts)
     alt = pat[3:] if pat.startswith("**/") else None
     return any(fnmatch.fnmatchcase(c, pat) or (alt is not None and fnmatch.fnmatchcase(c, alt)) for c in candidates)
+
+
+def matches_pattern(rel: str, pattern: str) -> bool:
+    """Does `pattern` cover `rel`, as a protected path would (case-folded after NFKC, a folder
+    covers what is below it, a glob without ``/`` matches a name at any depth)? Used wherever a
+    pattern guards paths (protected_paths, approval.human_for), so none is easier to sidestep."""
+    return _pattern_matches(rel, pattern)
 
 
 def _glob_matches(rel: str, glob: str) -> bool:

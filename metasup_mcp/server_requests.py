@@ -68,14 +68,21 @@ class ServerRequests:
                                 "or 2025-11-25 session")
         if who == request.get("proposer"):
             raise ReloadRefused(f"cannot approve {request_id}: this session proposed it; approve it from another session")
-        document = self._document()
-        before = document.path.read_text(encoding="utf-8")
-        document.add_server(request["entry"], replace=True)
+        # Claimed before the first await: a second approval meanwhile would take the file with the
+        # entry in it as "before", and write that back after a rollback.
+        self._save({**request, "status": "approving"})
         try:
-            document.save()
-        except ConfigError as exc:  # the file changed since the request was made
-            raise ReloadRefused(f"the config with this server no longer validates: {'; '.join(exc.problems)}") from None
-        result = await self.sup.reload_config(trigger=f"approve_server:{request_id}")
+            document = self._document()
+            before = document.path.read_text(encoding="utf-8")
+            document.add_server(request["entry"], replace=True)
+            try:
+                document.save()
+            except ConfigError as exc:  # the file changed since the request was made
+                raise ReloadRefused(f"the config with this server no longer validates: {'; '.join(exc.problems)}") from None
+            result = await self.sup.reload_config(trigger=f"approve_server:{request_id}")
+        except BaseException:
+            self._save(request)  # still pending: nothing was decided
+            raise
         if result["verdict"] == "rolled_back":
             write_atomically(document.path, before)
         request.update(status=result["verdict"], note=note, decided_at=time.time(), reload=result)
@@ -93,6 +100,8 @@ class ServerRequests:
 
     def _pending(self, request_id: str) -> dict[str, Any]:
         request = self.get(request_id)
+        if request["status"] == "approving":
+            raise ReloadRefused(f"server request {request_id} is being approved already; see the audit log for the outcome")
         if request["status"] != "pending_approval":
             raise ReloadRefused(f"server request {request_id} is already {request['status']}")
         return request

@@ -204,3 +204,34 @@ async def test_an_approved_server_that_fails_leaves_the_config_file_and_the_serv
         assert config.read_text() == before and set(up.sup.status()["servers"]) == {"keep"}
         invalid = await up.session.call_tool("propose_server", {"name": "a__b", "command": "x"})
         assert invalid.is_error and "cannot contain '__'" in invalid.content[0].text
+
+
+async def test_two_operators_approving_one_server_request_at_once_decide_it_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The second approval is refused while the first runs its reload: otherwise its copy of the
+    file (taken with the entry in it) would be written back after a rollback, and the file would
+    name a server that does not run."""
+    monkeypatch.setenv("METASUP_OPERATOR_TOKEN", "op-secret")
+    async with connected(tmp_path, [fixture("keep")], **FAST) as up:
+        await running(up.sup, "keep")
+        config = tmp_path / "servers.yaml"
+        before = config.read_text()
+        bad = fixture("bad", "--crash-on-start", "5")
+        proposed = await up.session.call_tool("propose_server", {"name": "bad", "command": "python", "args": bad["args"]})
+        request_id = proposed.structured_content["id"]
+        outcomes: list[str] = []
+
+        async def approve(who: str) -> None:
+            try:
+                outcomes.append((await ServerRequests(up.sup).approve(request_id, "op-secret", "", who=who))["status"])
+            except ReloadRefused as exc:
+                outcomes.append(str(exc))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(approve, "operator-1")
+            tg.start_soon(approve, "operator-2")
+        assert sorted(outcomes)[0] == "rolled_back" and "being approved already" in sorted(outcomes)[1], outcomes
+        assert config.read_text() == before and set(up.sup.status()["servers"]) == {"keep"}
+        decided = [e for e in up.sup.audit_tail(50) if e["event"] == "server_decided"]
+        assert len(decided) == 1

@@ -529,10 +529,22 @@ def check_executables(config: Config) -> list[str]:
     return warnings
 
 
+HIDDEN = "<hidden>"
+
+
+def hide_secrets(server: dict[str, Any]) -> dict[str, Any]:
+    """A server entry with its `env` and `headers` values replaced by HIDDEN (keys kept): they
+    hold API keys and tokens, which a printout (a terminal, a CI log) must never show."""
+    return {
+        key: {name: HIDDEN for name in value} if key in ("env", "headers") and isinstance(value, dict) else value
+        for key, value in server.items()
+    }
+
+
 def effective_config(config: Config) -> dict[str, Any]:
     """The config as the supervisor will use it, for `check-config` (JSON-safe), secrets hidden:
-    a value expanded from the environment shows as its `${NAME}`, a server `env` entry whose
-    name says secret and the status token as `<set>`."""
+    a value expanded from the environment shows as its `${NAME}`; a server `env` entry whose
+    name says secret, every header value and the status token as `<set>`."""
     from metasup_mcp.redact import Redactor, looks_secret, secrets_from
 
     as_reference = Redactor(secrets_from(os.environ))
@@ -542,6 +554,8 @@ def effective_config(config: Config) -> dict[str, Any]:
         server["env"] = {
             k: "<set>" if looks_secret(k) and not v.startswith("${") else v for k, v in server["env"].items()
         }
+        # Headers carry credentials whatever their name (Authorization, X-Api-Key...).
+        server["headers"] = {k: v if v.startswith("${") else "<set>" for k, v in server.get("headers", {}).items()}
     if sup.get("status_http", {}).get("token"):
         sup["status_http"]["token"] = "<set>"
     return data

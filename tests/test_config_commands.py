@@ -147,9 +147,9 @@ def test_import_prints_stdio_and_url_servers_with_valid_names_env_kept_and_sse_s
         "filesystem": {"name": "filesystem", "command": "npx",
                        "args": ["-y", "@modelcontextprotocol/server-filesystem", "/home/me/Documents"]},
         "My_Notes_beta": {"name": "My_Notes_beta", "command": "uvx", "args": ["notes-mcp"],
-                          "env": {"NOTES_TOKEN": "s3cret"}},
+                          "env": {"NOTES_TOKEN": "<hidden>"}},  # the value is written by --merge only
         "remote_api": {"name": "remote_api", "url": "https://mcp.example.com/mcp",
-                       "headers": {"Authorization": "Bearer t"}},
+                       "headers": {"Authorization": "<hidden>"}},
         "plain-url": {"name": "plain-url", "url": "http://127.0.0.1:9999/mcp"},
     }
     assert "'My Notes (beta)' is named 'My_Notes_beta'" in err
@@ -212,3 +212,27 @@ def test_imported_names_are_valid_namespaces_and_unique(raw: str) -> None:
         assert name not in taken and "__" not in name and name.strip("_-")
         assert len(name) + 2 + 1 <= MAX_EXPOSED_NAME
         taken.add(name)
+
+
+def test_check_config_and_import_never_print_env_header_or_token_values(
+    config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A secret in env, headers or status_http.token (literal or from ${VAR}) is not echoed to the
+    terminal (or a CI log): the keys are shown, the values hidden; --merge still writes them."""
+    claude = tmp_path / "claude_desktop_config.json"
+    claude.write_text(json.dumps(CLAUDE))
+    monkeypatch.setenv("STATUS_SECRET", "status-s3cret-from-env")
+    text = config.read_text().replace("mcp_servers: []", "mcp_servers: []\n  status_http: {token: '${STATUS_SECRET}'}")
+    config.write_text(text.replace("  status_http: {enabled: true, host: 127.0.0.1, port: 9000}\n", ""))
+    run = [str(ROOT / ".venv" / "bin" / "metasup-mcp")]
+    preview = subprocess.run([*run, "import-claude-config", str(claude)], capture_output=True, text=True, check=True)
+    assert "s3cret" not in preview.stdout + preview.stderr and "Bearer t" not in preview.stdout
+    assert "NOTES_TOKEN" in preview.stdout and "--merge" in preview.stderr
+    subprocess.run([*run, "import-claude-config", str(claude), "--merge", "--config", str(config)], check=True,
+                   capture_output=True)
+    assert "s3cret" in config.read_text()  # written as Claude Desktop had it
+    checked = subprocess.run([*run, "check-config", str(config)], capture_output=True, text=True, check=True)
+    assert "s3cret" not in checked.stdout + checked.stderr and "Bearer t" not in checked.stdout
+    shown = json.loads(checked.stdout)["supervisor"]
+    assert shown["status_http"]["token"] != "status-s3cret-from-env"
+    assert set(next(s for s in shown["mcp_servers"] if s["name"] == "My_Notes_beta")["env"]) == {"NOTES_TOKEN"}

@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from metasup_mcp.claude_config import client_config, default_claude_config_path, read_claude_servers, valid_name
+from metasup_mcp.config import HIDDEN, hide_secrets
 from metasup_mcp.config_edit import ConfigDocument
 
 
@@ -27,7 +28,10 @@ def import_claude_config(source: Path | None, config: Path, merge: bool, print_c
     for note in imported.notes:
         print(f"note: {note}", file=sys.stderr)
     if not merge:
-        print(yaml.safe_dump({"mcp_servers": imported.servers}, sort_keys=False, default_flow_style=None), end="")
+        shown = [hide_secrets(entry) for entry in imported.servers]
+        print(yaml.safe_dump({"mcp_servers": shown}, sort_keys=False, default_flow_style=None), end="")
+        if shown != imported.servers:
+            print(f"note: env and header values are shown as {HIDDEN}; --merge writes them as they are", file=sys.stderr)
         return 0
     document = ConfigDocument.load(config)
     added = []

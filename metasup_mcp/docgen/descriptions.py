@@ -16,7 +16,9 @@ regenerate.
 Conventions:
 
 - Unknown keys are errors that name the key and its line; `metasup-mcp check-config FILE`
-  validates a file and prints the effective configuration (defaults filled in, paths resolved).
+  validates a file and prints the effective configuration (defaults filled in, paths resolved;
+  values from the environment shown as `${NAME}`, secret-named `env` values, every header value
+  and `status_http.token` as `<set>`).
 - Relative paths resolve against the folder of the config file.
 - A *duration* is a number of seconds or a number with a unit: `500ms`, `10s`, `5m`, `1h`.
 - A *fraction* is a number (`0.1`) or a percentage (`10%`).

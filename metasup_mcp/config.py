@@ -27,6 +27,7 @@ _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 # in it with room for JSON escaping, so `max_files × max_file_bytes` may use half of it.
 WIRE_MESSAGE_BYTES = 64 * 1024 * 1024
 CHANGE_SET_BUDGET = WIRE_MESSAGE_BYTES // 2
+OPERATOR_TOKEN_ENV = "METASUP_OPERATOR_TOKEN"
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 # Commands that mean "the interpreter running the supervisor", so that example children can
 # import the same `mcp` package without the user activating a virtualenv first.
@@ -265,6 +266,13 @@ class ServerConfig(_Strict):
             name = match.group(1)
             if name not in os.environ:
                 raise ValueError(f"${{{name}}} is not set in the supervisor's environment")
+            operator = os.environ.get(OPERATOR_TOKEN_ENV)
+            if name == OPERATOR_TOKEN_ENV or (operator and os.environ[name] == operator):
+                # A child holding it could approve changes (the dashboard's POST, approve_change).
+                raise ValueError(
+                    f"${{{name}}} is the operator token, which no child may be given: remove it "
+                    "(give the server a token of its own)"
+                )
             return os.environ[name]
 
         return {key: _ENV_REF.sub(expand, value) for key, value in env.items()}

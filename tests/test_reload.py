@@ -235,3 +235,24 @@ async def test_two_operators_approving_one_server_request_at_once_decide_it_once
         assert config.read_text() == before and set(up.sup.status()["servers"]) == {"keep"}
         decided = [e for e in up.sup.audit_tail(50) if e["event"] == "server_decided"]
         assert len(decided) == 1
+
+
+async def test_a_server_request_cannot_hand_the_operator_token_to_a_child(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Approved unread, `${METASUP_OPERATOR_TOKEN}` (or a variable holding the same value) would give
+    a child, and so the agent driving it, the power to approve its own changes."""
+    monkeypatch.setenv("METASUP_OPERATOR_TOKEN", "op-secret")
+    monkeypatch.setenv("INNOCENT_LOOKING", "op-secret")
+    async with connected(tmp_path, [fixture("keep")], **FAST) as up:
+        for ref in ("${METASUP_OPERATOR_TOKEN}", "Bearer ${INNOCENT_LOOKING}"):
+            asked = await up.session.call_tool(
+                "propose_server", {"name": "helper", "command": "python", "args": fixture("x")["args"], "env": {"T": ref}}
+            )
+            assert asked.is_error and "is the operator token, which no child may be given" in asked.content[0].text
+            assert "op-secret" not in asked.content[0].text
+            remote = await up.session.call_tool("propose_server", {"name": "r", "url": "http://127.0.0.1:1/mcp",
+                                                                   "headers": {"Authorization": ref}})
+            assert remote.is_error and "op-secret" not in remote.content[0].text
+        assert not (up.sup.settings.state_dir / "server_requests").exists() or not list(
+            (up.sup.settings.state_dir / "server_requests").iterdir())

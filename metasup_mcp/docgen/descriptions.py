@@ -23,7 +23,8 @@ Conventions:
 - A *duration* is a number of seconds or a number with a unit: `500ms`, `10s`, `5m`, `1h`.
 - A *fraction* is a number (`0.1`) or a percentage (`10%`).
 - `${VAR}` in `env` and `headers` values is replaced by the supervisor's environment variable
-  `VAR` when the config is loaded; an unset variable is an error naming it.
+  `VAR` when the config is loaded; an unset variable is an error naming it, and so is
+  the operator token (`METASUP_OPERATOR_TOKEN`, or a variable with its value): no child may hold it.
 - `metasup-mcp init` writes a commented starting point; `metasup-mcp add` / `remove` /
   `import-claude-config --merge` edit `mcp_servers` with comments kept. `servers.yaml` in the
   repository is a complete, commented example.

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from metasup_mcp.config import ApprovalSettings, StrategySettings
+from metasup_mcp.config import OPERATOR_TOKEN_ENV, ApprovalSettings, StrategySettings
 from metasup_mcp.evolution.strategy import StrategyChoice, over_limits
 from metasup_mcp.safety.journal import atomic_write
 from metasup_mcp.safety.rules import FileChange, matches_pattern
@@ -29,7 +29,6 @@ if TYPE_CHECKING:
     from metasup_mcp.evolution.coordinator import Assessment
     from metasup_mcp.evolution.proposals import Proposal
 
-OPERATOR_TOKEN_ENV = "METASUP_OPERATOR_TOKEN"
 Verdict = Literal["approve", "deny", "human", "refuse"]
 Answer = Literal["accept", "decline", "cancel", "timeout", "unavailable", "deferred"]
 

@@ -3,10 +3,13 @@ stopped by SIGTERM with every child gone."""
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 
 import anyio
 import httpx2
@@ -72,3 +75,47 @@ async def test_the_supervisor_serves_streamable_http_and_ends_on_sigterm_without
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def _post(url: str, body: dict, headers: dict[str, str]) -> int:
+    """The status of a JSON POST (any HTTP status; a connection error raises OSError)."""
+    request = urllib.request.Request(url, json.dumps(body).encode(), headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+@pytest.mark.parametrize("host", ["127.0.0.2", "127.0.0.1"])
+async def test_a_dns_rebinding_host_header_is_refused_on_any_loopback_address(tmp_path, make_config, host):
+    """A web page that re-points its own name at the supervisor's address is not served: the
+    Host header must be the address bound (or localhost), whichever loopback address that is."""
+    config = make_config(tmp_path, [])
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "metasup_mcp.cli", "serve", "--config", str(config),
+         "--transport", "http", "--host", host, "--port", str(port)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    url = f"http://{host}:{port}/mcp"
+    initialize = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "page", "version": "1"}}}
+    accept = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+    try:
+        with anyio.fail_after(30):
+            while True:
+                try:
+                    own = await anyio.to_thread.run_sync(_post, url, initialize, accept)
+                    break
+                except OSError:
+                    await anyio.sleep(0.2)
+                    if process.poll() is not None:
+                        raise AssertionError(process.stderr.read().decode()) from None
+        rebound = await anyio.to_thread.run_sync(_post, url, initialize, {**accept, "Host": f"attacker.example:{port}"})
+        foreign = await anyio.to_thread.run_sync(_post, url, initialize, {**accept, "Origin": "http://attacker.example"})
+        assert own == 200
+        assert rebound in (403, 421) and foreign == 403, (rebound, foreign)
+    finally:
+        process.terminate()
+        process.wait(timeout=20)

@@ -151,3 +151,24 @@ async def test_metasup_mcp_approve_and_reject_decide_through_the_status_endpoint
         again = await anyio.to_thread.run_sync(lambda: run_decision(StatusTarget(url), notes, False, TOKEN, out=out))
         assert again == 1
         assert await served_version(sup) == "2"
+
+
+def fetch_as(url: str, host: str) -> int:
+    request = urllib.request.Request(url, headers={"Host": host})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 (a local test server)
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+async def test_a_dns_rebound_page_reads_neither_the_pending_diffs_nor_the_status(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without a status token the endpoint answers only to its address or localhost: a page that
+    re-points its own name at it would otherwise read the held diffs (the user's code) and status."""
+    async with held_changes(tmp_path, monkeypatch) as (sup, url, _):
+        port = url.rsplit(":", 1)[1]
+        for path in ("/supervisor/pending", "/supervisor/status", "/supervisor/changes", "/metrics", "/"):
+            assert await anyio.to_thread.run_sync(fetch_as, url + path, f"rebound.example:{port}") == 403, path
+            assert await anyio.to_thread.run_sync(fetch_as, url + path, f"localhost:{port}") == 200, path

@@ -104,6 +104,13 @@ class ServerRequests:
             raise ReloadRefused(f"server request {request_id} is being approved already; see the audit log for the outcome")
         if request["status"] != "pending_approval":
             raise ReloadRefused(f"server request {request_id} is already {request['status']}")
+        timeout = self.sup.settings.approval.timeout
+        if time.time() > float(request.get("created_at", 0)) + timeout:  # as a held change expires
+            request.update(status="expired", decided_at=time.time())
+            self._save(request)
+            self.sup.audit_event("server_decided", id=request_id, decision="expired")
+            raise ReloadRefused(f"server request {request_id} expired: it was not decided within approval.timeout "
+                                f"({timeout:g}s); the agent must propose it again")
         return request
 
     def _document(self) -> ConfigDocument:

@@ -6,6 +6,7 @@ hear list_changed; every outcome is audited; the tool needs the operator token; 
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -256,3 +257,21 @@ async def test_a_server_request_cannot_hand_the_operator_token_to_a_child(
             assert remote.is_error and "op-secret" not in remote.content[0].text
         assert not (up.sup.settings.state_dir / "server_requests").exists() or not list(
             (up.sup.settings.state_dir / "server_requests").iterdir())
+
+
+async def test_a_server_request_older_than_the_approval_timeout_cannot_be_approved(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("METASUP_OPERATOR_TOKEN", "op-secret")
+    async with connected(tmp_path, [fixture("keep")], approval={"timeout": "60s"}, **FAST) as up:
+        config = tmp_path / "servers.yaml"
+        before = config.read_text()
+        proposed = await up.session.call_tool("propose_server", {"name": "helper", "command": "python",
+                                                                 "args": fixture("x")["args"]})
+        request_id = proposed.structured_content["id"]
+        stored = up.sup.settings.state_dir / "server_requests" / f"{request_id}.json"
+        aged = json.loads(stored.read_text())
+        stored.write_text(json.dumps({**aged, "created_at": aged["created_at"] - 61}))  # a minute has passed
+        with pytest.raises(ReloadRefused, match="expired"):
+            await ServerRequests(up.sup).approve(request_id, "op-secret", "", who="operator-session")
+        assert config.read_text() == before and "helper" not in up.sup.status()["servers"]

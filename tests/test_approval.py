@@ -345,3 +345,23 @@ async def test_human_for_cannot_be_sidestepped_by_case_folders_or_depth(tmp_path
             result = (await session.call_tool("propose_change", change)).structured_content
     assert result is not None and result["verdict"] == "pending_approval", result
     assert not (sup.settings.workspace / path).exists()
+
+
+async def test_a_held_change_whose_files_changed_since_it_was_shown_is_refused_not_applied(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The operator approves the diff they were shown. If a file it touches changed meanwhile (another
+    change landed), writing the stored content would do something else (here: undo v3), unseen."""
+    monkeypatch.setenv("METASUP_OPERATOR_TOKEN", TOKEN)
+    async with human_supervisor(tmp_path) as (sup, server):
+        async with legacy_session(server) as proposer, legacy_session(server) as operator:
+            small = (await proposer.call_tool("propose_change", v2("v2: one line"))).structured_content
+            v3 = {"title": "v3", "changes": [{"path": "server.py", "content": with_version("3")}]}
+            later = (await proposer.call_tool("propose_change", v3)).structured_content
+            assert small is not None and later is not None
+            first = await operator.call_tool("approve_change", {"id": later["id"], "token": TOKEN})
+            assert first.structured_content is not None and first.structured_content["verdict"] == "applied", first
+            stale = (await operator.call_tool("approve_change", {"id": small["id"], "token": TOKEN})).structured_content
+        assert stale is not None and stale["verdict"] == "rejected", stale
+        assert any("server.py changed since" in r for r in stale["reasons"]), stale["reasons"]
+        assert await served_version(sup) == "3"

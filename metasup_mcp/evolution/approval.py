@@ -10,6 +10,7 @@ stored beside the proposal, shown in status, logged or audited.
 from __future__ import annotations
 
 import difflib
+import hashlib
 import hmac
 import json
 import os
@@ -69,6 +70,29 @@ def summarize(root: Path, changes: Sequence[FileChange]) -> tuple[DiffSummary, s
         files.append({"path": change.path, "added": added, "removed": removed, "delete": change.delete})
         diffs.append("".join(diff))
     return DiffSummary(files), "".join(diffs)
+
+
+def fingerprints(root: Path, paths: Sequence[str]) -> dict[str, str | None]:
+    """What each path holds now (sha256 of its bytes, of a link's target, or "folder"; None:
+    absent): kept with a held change, so an approval applies only to the files the diff was of."""
+    found: dict[str, str | None] = {}
+    for rel in paths:
+        path = root / rel
+        if path.is_symlink():
+            found[rel] = "link:" + hashlib.sha256(os.readlink(path).encode()).hexdigest()
+        elif path.is_dir():
+            found[rel] = "folder"
+        elif path.is_file():
+            found[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+        else:
+            found[rel] = None
+    return found
+
+
+def changed_since(root: Path, before: dict[str, str | None]) -> list[str]:
+    """The paths of `before` (from `fingerprints`) that hold something else now."""
+    now = fingerprints(root, list(before))
+    return [rel for rel in before if now[rel] != before[rel]]
 
 
 def _read(path: Path) -> list[str]:
@@ -166,8 +190,10 @@ class PendingContent:
         folder.mkdir(parents=True, exist_ok=True)
 
     def put(self, proposal_id: str, changes: list[dict[str, Any]], verify: list[dict[str, Any]],
-            proposer: str | None, diff: str) -> None:
-        data = {"changes": changes, "verify": verify, "proposer": proposer, "diff": diff, "stored_at": time.time()}
+            proposer: str | None, diff: str, base: dict[str, str | None] | None = None) -> None:
+        """`base`: the touched files' `fingerprints` when the diff was taken."""
+        data = {"changes": changes, "verify": verify, "proposer": proposer, "diff": diff, "stored_at": time.time(),
+                "base": base}
         atomic_write(self.folder / f"{proposal_id}.json", json.dumps(data).encode())
 
     def get(self, proposal_id: str) -> dict[str, Any] | None:

@@ -16,7 +16,7 @@ import anyio
 
 from metasup_mcp.aio import blocking as _io
 from metasup_mcp.children.process import child_environment
-from metasup_mcp.evolution.approval import Answer, ApprovalQuestion
+from metasup_mcp.evolution.approval import Answer, ApprovalQuestion, changed_since, fingerprints
 from metasup_mcp.evolution.behaviour import VerifyCall
 from metasup_mcp.evolution.coordinator import Assessment
 from metasup_mcp.evolution.proposals import Proposal
@@ -81,7 +81,8 @@ class ApprovalStage(_Base):
         """Keep the change for a human to decide later; it expires after `approval.timeout`."""
         stored = [{"path": c.path, "content": c.content} if not c.delete else {"path": c.path, "delete": True}
                   for c in changes]
-        await _io(self.pending.put, proposal.id, stored, proposal.verify, request.proposer, assessment.diff_text)
+        base = await _io(fingerprints, self.workspace.root, [c.path for c in changes])
+        await _io(self.pending.put, proposal.id, stored, proposal.verify, request.proposer, assessment.diff_text, base)
         proposal.expires_at = time.time() + self.settings.approval.timeout
         how = (
             f"an operator must approve it: approve_change(id={proposal.id!r}, token=<operator token>) from "
@@ -126,6 +127,13 @@ class ApprovalStage(_Base):
             why = f"rejected by {decided_by}" + (f": {note}" if note else "")
             if content is None:
                 why = "its stored content is missing from the state folder; propose it again"
+            await self._decided(proposal, "refused", decided_by, why)
+            proposal.reasons.append(why)
+            return await self._finish(proposal, "rejected")
+        moved = await _io(changed_since, self.workspace.root, content.get("base") or {})
+        if moved:  # the approved diff is no longer what writing the content would do
+            why = (f"{', '.join(moved)} changed since the change was held, so the diff that was approved is not "
+                   "what it would do now; propose it again against the files as they are")
             await self._decided(proposal, "refused", decided_by, why)
             proposal.reasons.append(why)
             return await self._finish(proposal, "rejected")

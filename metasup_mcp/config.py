@@ -161,7 +161,7 @@ class StrategyLimits(_Strict):
     """The most one change may touch under a strategy (None: no limit)."""
 
     max_files: int | None = Field(None, ge=1)
-    max_lines: int | None = Field(None, ge=1)  # lines added plus lines removed
+    max_lines: int | None = Field(None, ge=1)  # lines added plus removed; a line counts once per 120 characters
 
 
 def default_strategy_limits() -> dict[str, StrategyLimits]:

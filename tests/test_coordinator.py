@@ -141,3 +141,25 @@ def test_benchmark_and_token_settings_are_checked_with_the_key_named(tmp_path: P
     with pytest.raises(ConfigError, match="operator_token_file.*inside the workspace"):
         load_config(inside)
     assert load_config(write_config(tmp_path, [], benchmark={"run": "x", "max_regression": "15%"})).supervisor.benchmark.max_regression == 0.15  # type: ignore[union-attr]
+
+
+async def test_a_change_on_one_long_line_counts_as_the_lines_it_would_take(tmp_path: Path) -> None:
+    """max_lines cannot be sidestepped by writing a whole module on one line (`;`, exec of a
+    string): a line counts once per LINE_WIDTH characters."""
+    sup = supervisor(
+        tmp_path, strategy={"training": True, "over_limit": "human", "limits": {"training": {"max_lines": 5}}}
+    )
+    packed = ";".join(f"X{n} = {n}" for n in range(200)) + "\n"  # ~1,800 characters, one line
+    async with sup.running(autostart=False):
+        held = await sup.propose_change(ChangeRequest("one line", changes=[{"path": "packed.py", "content": packed}]))
+    assert held.status == "pending_approval", held.reasons
+    assert "strategy training allows at most 5 changed lines" in held.reasons[0]
+
+
+def test_lines_that_look_like_diff_headers_are_counted_too(tmp_path: Path) -> None:
+    from metasup_mcp.evolution.approval import summarize
+    from metasup_mcp.safety.rules import FileChange
+
+    (tmp_path / "q.sql").write_text("-- old\n--- older\nselect 1;\n")
+    diff, _ = summarize(tmp_path, [FileChange("q.sql", "++x\n+++ y\nselect 1;\n")])
+    assert (diff.added, diff.removed) == (2, 2)

@@ -34,6 +34,11 @@ Verdict = Literal["approve", "deny", "human", "refuse"]
 Answer = Literal["accept", "decline", "cancel", "timeout", "unavailable", "deferred"]
 
 
+# A changed line counts once per this many characters against `max_lines`: a module written on
+# one line (joined with `;`, or a string run by exec) is as big a change as the lines it packs.
+LINE_WIDTH = 120
+
+
 @dataclass(frozen=True)
 class Decision:
     verdict: Verdict
@@ -53,6 +58,11 @@ class DiffSummary:
     def removed(self) -> int:
         return sum(f["removed"] for f in self.files)
 
+    @property
+    def measured(self) -> int:
+        """Changed lines as the strategy limits count them: a line once per LINE_WIDTH characters."""
+        return sum(f.get("measured", f["added"] + f["removed"]) for f in self.files)
+
     def text(self) -> str:
         rows = [f"  {f['path']}: {'deleted, ' if f['delete'] else ''}+{f['added']} -{f['removed']}" for f in self.files]
         return "\n".join([f"{len(self.files)} file(s), +{self.added} -{self.removed} lines", *rows])
@@ -65,9 +75,16 @@ def summarize(root: Path, changes: Sequence[FileChange]) -> tuple[DiffSummary, s
         before = _read(root / change.path)
         after = [] if change.delete else (change.content or "").splitlines(keepends=True)
         diff = list(difflib.unified_diff(before, after, f"a/{change.path}", f"b/{change.path}", n=2))
-        added = sum(1 for line in diff if line.startswith("+") and not line.startswith("+++"))
-        removed = sum(1 for line in diff if line.startswith("-") and not line.startswith("---"))
-        files.append({"path": change.path, "added": added, "removed": removed, "delete": change.delete})
+        # Counted from the opcodes, not the diff text: there a line of content starting with "++"
+        # or "--" would look like a file header and go uncounted.
+        gone, new = [], []
+        for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(None, before, after, autojunk=False).get_opcodes():
+            if tag != "equal":
+                gone += before[i1:i2]
+                new += after[j1:j2]
+        measured = sum(max(1, -(-len(line.rstrip("\r\n")) // LINE_WIDTH)) for line in gone + new)
+        files.append({"path": change.path, "added": len(new), "removed": len(gone), "delete": change.delete,
+                      "measured": measured})
         diffs.append("".join(diff))
     return DiffSummary(files), "".join(diffs)
 
@@ -114,7 +131,7 @@ def decide(
     if settings.mode == "deny":
         return Decision("deny", "approval mode is deny: no change is applied (set approval.mode to auto or human)",
                         "policy:deny")
-    over = over_limits(strategy.limits, strategy.name, len(changed_paths), diff.added + diff.removed)
+    over = over_limits(strategy.limits, strategy.name, len(changed_paths), diff.measured)
     if over is not None:
         if strategy_settings.over_limit == "refuse":
             return Decision("refuse", f"{over} (split it, or set strategy.over_limit: human)", f"strategy:{strategy.name}")

@@ -187,3 +187,24 @@ async def test_a_change_unignoring_the_state_folder_cannot_reach_it(tmp_path, ma
         assert await served_version(sup) == "3"
     assert (state / "audit.jsonl").exists() and (state / "proposals").is_dir()
     assert not any(p.startswith((".metasup", "state")) for p in every_committed_path(repo))
+
+
+async def test_a_users_untracked_server_file_is_not_blamed_for_a_server_that_does_not_watch_it(
+    tmp_path, make_config, supervisor_factory
+):
+    """First start on a user's repo: their new, uncommitted tool.py goes on trial with the server
+    that runs it. Another server that is broken on its own (and watches no untracked file) must not
+    join that trial: its crash would roll tool.py back, off the disk, on the user's first run."""
+    repo = user_repo(tmp_path)
+    (repo / "tool.py").write_text(SERVER_SOURCE)  # untracked
+    tool = {"name": "tool", "command": "python", "args": ["-u", "tool.py"], "watch": ["tool.py"]}
+    broken = {"name": "broken", "command": "python", "args": ["-c", "raise SystemExit(3)"]}  # watches everything
+    async with supervisor_factory(config_for(make_config, tmp_path, repo, [tool, broken], min_runtime="1s")) as sup:
+        assert await sup.child("tool").wait_for(lambda c: c.state is ChildState.RUNNING, 15)
+        await sup.child("broken").wait_for(lambda c: c.generation >= 2 or c.state is ChildState.FATAL, 15)
+        with anyio.fail_after(15):
+            while sup.changes.guard is not None and sup.changes.guard.trial is not None:
+                await anyio.sleep(0.1)
+        rollbacks = [e for e in sup.audit_tail(50) if e["event"] == "rollback"]
+    assert rollbacks == [], rollbacks
+    assert (repo / "tool.py").read_text() == SERVER_SOURCE

@@ -8,6 +8,8 @@ has them and the child starts on last good. Passed: exactly those paths are comm
 *candidate* on the current branch; if the child then dies or turns unhealthy within
 `min_runtime`, the candidate is kept under a rejected ref, the paths put back as last good
 has them and the commit taken off the branch; if it survives, the candidate becomes last good.
+Only servers that run the code on trial judge it: one that starts meanwhile but watches none
+of its paths (an untracked file counts only under an explicit `watch`) is no evidence.
 
 Declared `protected_paths` edited on disk are put back from last good (saved first) before
 each start and on a short poll. Operator-owned files (the config, the state folder, the
@@ -46,6 +48,14 @@ class Trial:
     made_commit: bool  # False: the candidate is a commit someone else made (HEAD as it was)
     saved_ref: str | None
     generations: dict[str, int] = field(default_factory=dict)  # server → incarnation on trial
+    untracked: frozenset[str] = frozenset()  # of `paths`, those git did not track when it began
+
+    def concerns(self, child: ManagedChild) -> bool:
+        """Does `child` run code on trial (by `_code_for`'s rule: an untracked file only under an
+        explicit `watch`)? Only such a child's death is evidence against the edits."""
+        return any(
+            child.config.watches(p) and (p not in self.untracked or bool(child.config.watch)) for p in self.paths
+        )
 
 
 class DiskGuard:
@@ -101,7 +111,8 @@ class DiskGuard:
             if self.trial is not None and self.trial.last_good != last_good:
                 self.trial = None  # last good moved under it (a change was applied): start afresh
             if self.trial is not None:
-                self.trial.generations[child.name] = child.generation
+                if self.trial.concerns(child):
+                    self.trial.generations[child.name] = child.generation
                 return
             paths = await _io(self._code_for, child, tracked, untracked, last_good)
             if not paths:
@@ -120,7 +131,8 @@ class DiskGuard:
                 if not str(exc).startswith("nothing to commit"):
                     raise
                 candidate, made = head, False  # the edits are already committed (by the user)
-            self.trial = Trial(trial_id, candidate, last_good, paths, made, saved.ref, {child.name: child.generation})
+            self.trial = Trial(trial_id, candidate, last_good, paths, made, saved.ref, {child.name: child.generation},
+                               frozenset(paths) & frozenset(untracked))
             await _io(self.audit.append, "candidate", id=trial_id, commit=candidate, last_good=last_good,
                       server=child.name, paths=paths, saved_ref=saved.ref)
             logger.info("on-disk edits committed as candidate %s (%s), on trial with %s", trial_id, candidate[:12], child.name)

@@ -236,3 +236,13 @@ def test_check_config_and_import_never_print_env_header_or_token_values(
     shown = json.loads(checked.stdout)["supervisor"]
     assert shown["status_http"]["token"] != "status-s3cret-from-env"
     assert set(next(s for s in shown["mcp_servers"] if s["name"] == "My_Notes_beta")["env"]) == {"NOTES_TOKEN"}
+
+
+def test_init_with_a_file_for_workspace_says_so_and_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "notes.txt").write_text("mine\n")
+    assert main(["init", str(tmp_path / "ops"), "--workspace", str(tmp_path / "notes.txt")]) == EXIT_CONFIG
+    err = capsys.readouterr().err
+    assert "is a file, not a folder" in err and "--workspace" in err
+    assert not (tmp_path / "ops").exists() and (tmp_path / "notes.txt").read_text() == "mine\n"

@@ -74,6 +74,9 @@ def init(directory: Path, workspace: Path | None = None, force: bool = False) ->
             f"{directory} is inside the workspace {workspace}: the config and the state folder must "
             "live outside it; run init in a folder beside the workspace (e.g. init ../metasup --workspace .)"
         )
+    if workspace.exists() and not workspace.is_dir():
+        raise InitError(f"the workspace {workspace} is a file, not a folder: give --workspace the folder of your "
+                        "repository (or leave it out to create DIR/workspace)")
     outer = _enclosing_repository(directory)
     if outer is not None and outer != workspace:
         print(
@@ -104,9 +107,13 @@ def init(directory: Path, workspace: Path | None = None, force: bool = False) ->
 
 def _prepare_workspace(workspace: Path) -> None:
     """Create the workspace as a git repository with a first commit; an existing repository is only opened."""
-    from metasup_mcp.safety.workspace import Workspace
+    from metasup_mcp.safety.workspace import Workspace, WorkspaceError
 
-    Workspace.open_or_init(workspace)
+    try:
+        Workspace.open_or_init(workspace)
+    except (WorkspaceError, OSError) as exc:
+        raise InitError(f"cannot prepare the workspace {workspace} as a git repository: {exc}; "
+                        "check that it is a folder you can write to (and git is installed)") from None
 
 
 def _enclosing_repository(directory: Path) -> Path | None:

@@ -91,6 +91,10 @@ def read_claude_servers(path: Path) -> Imported:
 
 
 def _entry(name: str, spec: dict[str, Any], notes: list[str]) -> dict[str, Any] | None:
+    problem = _shape_problem(spec)
+    if problem is not None:  # Claude Desktop itself would not run it; the values are never shown
+        notes.append(f"skipped {name!r}: {problem}; fix it in the Claude config and import again")
+        return None
     kind = spec.get("type") or spec.get("transport")
     if "url" in spec:
         if kind in ("sse",):
@@ -99,21 +103,36 @@ def _entry(name: str, spec: dict[str, Any], notes: list[str]) -> dict[str, Any] 
         if kind not in (None, *_REMOTE_TYPES):
             notes.append(f"skipped {name!r}: unknown transport type {kind!r}")
             return None
-        entry: dict[str, Any] = {"url": str(spec["url"])}
+        entry: dict[str, Any] = {"url": spec["url"]}
         if spec.get("headers"):
-            entry["headers"] = {str(k): str(v) for k, v in spec["headers"].items()}
+            entry["headers"] = dict(spec["headers"])
         return entry
     if not spec.get("command"):
         notes.append(f"skipped {name!r}: it has neither `command` nor `url`")
         return None
-    entry = {"command": str(spec["command"])}
+    entry = {"command": spec["command"]}
     if spec.get("args"):
-        entry["args"] = [str(a) for a in spec["args"]]
+        entry["args"] = list(spec["args"])
     if spec.get("env"):
-        entry["env"] = {str(k): str(v) for k, v in spec["env"].items()}
+        entry["env"] = dict(spec["env"])
     if spec.get("cwd"):
         notes.append(f"{name!r}: its `cwd` {spec['cwd']!r} is dropped: children run in the workspace")
     return entry
+
+
+def _shape_problem(spec: dict[str, Any]) -> str | None:
+    """What is malformed in an `mcpServers` entry (`args` as one string would become a list of
+    letters; a number would be taken as a command), or None."""
+    for key in ("command", "url"):
+        if key in spec and not isinstance(spec[key], str):
+            return f"`{key}` must be a string"
+    if "args" in spec and not (isinstance(spec["args"], list) and all(isinstance(a, str) for a in spec["args"])):
+        return '`args` must be a list of strings (["-y", "package"]), not one string'
+    for key in ("env", "headers"):
+        value = spec.get(key)
+        if value is not None and not (isinstance(value, dict) and all(isinstance(v, str) for v in value.values())):
+            return f'`{key}` must be an object of string values ({{"NAME": "value"}})'
+    return None
 
 
 def client_config(config_path: Path, name: str = "metasup") -> dict[str, Any]:

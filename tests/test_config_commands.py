@@ -246,3 +246,21 @@ def test_init_with_a_file_for_workspace_says_so_and_writes_nothing(
     err = capsys.readouterr().err
     assert "is a file, not a folder" in err and "--workspace" in err
     assert not (tmp_path / "ops").exists() and (tmp_path / "notes.txt").read_text() == "mine\n"
+
+
+def test_import_skips_a_malformed_entry_naming_the_key_and_imports_the_rest(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    claude = tmp_path / "claude_desktop_config.json"
+    claude.write_text(json.dumps({"mcpServers": {
+        "letters": {"command": "npx", "args": "-y @scope/server"},
+        "listed": {"url": "https://mcp.example.com/mcp", "headers": ["Authorization: Bearer sk-zzz"]},
+        "numbered": {"command": 5},
+        "good": {"command": "uvx", "args": ["mcp-server-time"], "env": {"TZ": "UTC"}},
+    }}))
+    assert main(["import-claude-config", str(claude)]) == 0
+    out, err = capsys.readouterr()
+    assert [s["name"] for s in yaml.safe_load(out)["mcp_servers"]] == ["good"]
+    assert "skipped 'letters': `args` must be a list of strings" in err
+    assert "skipped 'listed': `headers` must be an object" in err and "sk-zzz" not in err + out
+    assert "skipped 'numbered': `command` must be a string" in err

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from metasup_mcp.config import MAX_EXPOSED_NAME
+from metasup_mcp.config import MAX_EXPOSED_NAME, shown_url
 
 # Leaves room for `__` and a tool name of a dozen characters within MAX_EXPOSED_NAME.
 MAX_IMPORTED_NAME = MAX_EXPOSED_NAME - 2 - 12
@@ -98,7 +98,7 @@ def _entry(name: str, spec: dict[str, Any], notes: list[str]) -> dict[str, Any] 
     kind = spec.get("type") or spec.get("transport")
     if "url" in spec:
         if kind in ("sse",):
-            notes.append(f"skipped {name!r}: legacy SSE ({spec['url']}); only streamable HTTP servers can be supervised")
+            notes.append(f"skipped {name!r}: legacy SSE ({shown_url(spec['url'])}); only streamable HTTP servers can be supervised")
             return None
         if kind not in (None, *_REMOTE_TYPES):
             notes.append(f"skipped {name!r}: unknown transport type {kind!r}")

@@ -10,6 +10,7 @@ import fnmatch
 import hashlib
 import os
 import re
+import urllib.parse
 import shutil
 import sys
 from pathlib import Path
@@ -256,7 +257,7 @@ class ServerConfig(_Strict):
     @classmethod
     def _http_url(cls, url: str | None) -> str | None:
         if url is not None and not re.match(r"^https?://[^/\s]+", url):
-            raise ValueError(f"{url!r} is not an http:// or https:// URL of a streamable HTTP MCP endpoint")
+            raise ValueError(f"{shown_url(url)!r} is not an http:// or https:// URL of a streamable HTTP MCP endpoint")
         return url
 
     @field_validator("env", "headers")
@@ -320,7 +321,7 @@ class ServerConfig(_Strict):
     @property
     def executable(self) -> str:
         if self.command is None:
-            raise ValueError(f"server {self.name!r} is remote ({self.url}): it has no executable")
+            raise ValueError(f"server {self.name!r} is remote ({shown_url(self.url)}): it has no executable")
         return resolve_command(self.command)
 
 
@@ -543,10 +544,22 @@ HIDDEN = "<hidden>"
 def hide_secrets(server: dict[str, Any]) -> dict[str, Any]:
     """A server entry with its `env` and `headers` values replaced by HIDDEN (keys kept): they
     hold API keys and tokens, which a printout (a terminal, a CI log) must never show."""
-    return {
+    shown = {
         key: {name: HIDDEN for name in value} if key in ("env", "headers") and isinstance(value, dict) else value
         for key, value in server.items()
     }
+    if isinstance(shown.get("url"), str):
+        shown["url"] = shown_url(shown["url"])
+    return shown
+
+
+def shown_url(url: str) -> str:
+    """`url` as it may be shown (status, logs, errors): without a `user:password@` and with every
+    query value hidden; hosted MCP servers often take their API key there."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    query = "&".join(f"{pair.partition('=')[0]}={HIDDEN}" for pair in parts.query.split("&") if pair)
+    return urllib.parse.urlunsplit((parts.scheme, host, parts.path, query, ""))
 
 
 def effective_config(config: Config) -> dict[str, Any]:

@@ -124,3 +124,17 @@ def test_the_circuit_opens_at_the_threshold_and_closes_on_success() -> None:
     assert breaker.snapshot()["open_for_s"] == 2.5 and breaker.snapshot()["consecutive_failures"] == 4
     assert breaker.record_success() and breaker.state == "closed" and breaker.opened == 1
     assert not breaker.record_success()
+
+
+async def test_a_key_in_a_remote_servers_url_is_never_shown_in_status_or_logs(tmp_path: Path) -> None:
+    """Hosted MCP servers often take their API key in the URL (`?api_key=`, `user:key@`): status,
+    server_logs and the dashboard show the address with the key hidden."""
+    port = free_port()
+    remote = {"name": "far", "url": f"http://agent:pa55word@127.0.0.1:{port}/mcp?api_key=SEKRET123&profile=p"}
+    async with http_server(port), connected(tmp_path, [remote], **FAST) as up:
+        await running(up.sup, "far")
+        shown = (await up.session.call_tool("server_status", {"name": "far"})).structured_content
+        logs = (await up.session.call_tool("server_logs", {"name": "far"})).content[0].text
+    text = repr(shown) + logs
+    assert "SEKRET123" not in text and "pa55word" not in text, text
+    assert f"127.0.0.1:{port}/mcp?api_key=" in text

@@ -29,7 +29,7 @@ from metasup_mcp.children.breaker import CircuitBreaker
 from metasup_mcp.children.child import EventSink, ManagedChild, Supervision
 from metasup_mcp.children.health import HealthReason
 from metasup_mcp.children.state import ExitDecision
-from metasup_mcp.config import ServerConfig
+from metasup_mcp.config import ServerConfig, shown_url
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ class RemoteChild(ManagedChild):
         return self.breaker.is_open
 
     def status_extras(self) -> dict[str, Any]:
-        return {"url": self.config.url, "circuit": self.breaker.snapshot()}
+        return {"url": shown_url(self.config.url or ""), "circuit": self.breaker.snapshot()}
 
     async def _run_incarnation(self) -> ExitDecision:
         self.machine.begin_start()
@@ -86,15 +86,17 @@ class RemoteChild(ManagedChild):
             if self.connection is not None:
                 self.connection.gone.set()
                 self.connection = None
+        if self.config.url:  # an HTTP error names the URL it failed on, key and all
+            reason = reason.replace(self.config.url, shown_url(self.config.url))
         if reason != "stopped by request":
-            self.stderr.add(f"[metasup-mcp] {self.config.url}: {reason}")
+            self.stderr.add(f"[metasup-mcp] {shown_url(self.config.url or '')}: {reason}")
             if self.breaker.record_failure(reason):
                 logger.warning("%s: circuit open after %d failures in a row: %s", self.name, self.breaker.failures, reason)
                 self._event("health", reason="circuit_open", detail=reason)
         return self._conclude(None, reason)
 
     def _on_handshake(self) -> None:
-        self.stderr.add(f"[metasup-mcp] connected to {self.config.url}")
+        self.stderr.add(f"[metasup-mcp] connected to {shown_url(self.config.url or '')}")
         if self.breaker.record_success():
             logger.info("%s: reconnected, circuit closed", self.name)
 

@@ -7,8 +7,10 @@ of servers.yaml; it travels in the request body, never on the command line or in
 
 from __future__ import annotations
 
+import hmac
 import json
 import os
+import secrets
 import sys
 import urllib.error
 import urllib.parse
@@ -43,13 +45,19 @@ def operator_token_for(config_path: Path) -> str | None:
 
 def run_decision(
     target: StatusTarget, proposal_id: str, approve: bool, operator_token: str | None, note: str = "",
-    out: TextIO | None = None,
+    out: TextIO | None = None, identity_key: bytes | None = None,
 ) -> int:
+    """POST the decision. With `identity_key` (from the supervisor's state folder), the endpoint
+    must first prove it holds it: a program squatting the status port never gets the token."""
     out = out or sys.stdout
     verb = "approve" if approve else "reject"
     if not operator_token:
         return _fail(verb, f"no operator token: set {OPERATOR_TOKEN_ENV} or approval.operator_token_file in --config")
     base = target.url.rstrip("/")
+    if identity_key is not None:
+        problem = _not_the_supervisor(base, identity_key, target)
+        if problem is not None:
+            return _fail(verb, f"{problem}; the operator token was not sent")
     url = f"{base}/supervisor/changes/{urllib.parse.quote(proposal_id, safe='')}/{verb}"
     body = json.dumps({"token": operator_token, "note": note}).encode()
     request = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": "application/json"})
@@ -70,6 +78,38 @@ def run_decision(
     reasons = "; ".join(result.get("reasons") or [])
     print(f"{result['id']}: {result['verdict']}" + (f": {reasons}" if reasons else ""), file=out)
     return 0 if not approve or result["verdict"] == "applied" else 1  # approved but rolled back: 1
+
+
+def identity_key_for(config_path: Path) -> bytes | None:
+    """The running supervisor's identity key from its state folder; None without one."""
+    from metasup_mcp.http_status import IDENTITY_KEY_FILE
+
+    if not config_path.is_file():
+        return None
+    try:
+        state_dir = load_config(config_path).supervisor.state_dir
+        return bytes.fromhex((state_dir / IDENTITY_KEY_FILE).read_text().strip()) if state_dir else None
+    except (ConfigError, OSError, ValueError):
+        return None
+
+
+def _not_the_supervisor(base: str, key: bytes, target: StatusTarget) -> str | None:
+    from metasup_mcp.http_status import identity_proof
+
+    nonce = secrets.token_hex(16)
+    request = urllib.request.Request(f"{base}/supervisor/identity?nonce={nonce}")
+    status_token = target.token or os.environ.get(TOKEN_ENV)
+    if status_token:
+        request.add_header("Authorization", f"Bearer {status_token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            proof = json.loads(response.read()).get("proof", "")
+    except (urllib.error.URLError, TimeoutError, ConnectionError, ValueError, AttributeError) as exc:
+        return f"{base} did not prove it is the supervisor of this config ({getattr(exc, 'reason', exc)}){target.note}"
+    if not isinstance(proof, str) or not hmac.compare_digest(proof, identity_proof(key, nonce)):
+        return (f"{base} is not the supervisor of this config (another program may hold its port: "
+                "check status_http.port and the supervisor's log)")
+    return None
 
 
 def _fail(verb: str, message: str) -> int:

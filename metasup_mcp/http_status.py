@@ -15,15 +15,19 @@ and the supervisor carries on without its status page.
 from __future__ import annotations
 
 import functools
+import hashlib
 import hmac
 import ipaddress
 import json
 import logging
+import os
+import secrets
 import socket
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -137,9 +141,28 @@ def foreign_request(headers: Any, allowed: list[str] | None) -> tuple[int, str] 
     return None
 
 
-def build_app(supervisor: Any, token: str | None = None, allowed_hosts: list[str] | None = None) -> Starlette:
+IDENTITY_KEY_FILE = "status_http.key"  # in the state folder: what lets `metasup-mcp approve` know its supervisor
+
+
+def identity_proof(key: bytes, nonce: str) -> str:
+    """The answer to `GET /supervisor/identity?nonce=`: only the holder of the key can give it."""
+    return hmac.new(key, nonce.encode(), hashlib.sha256).hexdigest()
+
+
+def build_app(
+    supervisor: Any, token: str | None = None, allowed_hosts: list[str] | None = None,
+    identity_key: bytes | None = None,
+) -> Starlette:
     """The ASGI app; with a `token`, every endpoint answers 401 without it; with `allowed_hosts`
-    (host:port values, see `allowed_authorities`), a request naming another Host or Origin is refused."""
+    (host:port values, see `allowed_authorities`), a request naming another Host or Origin is refused.
+    With `identity_key`, `/supervisor/identity?nonce=N` proves this is the supervisor whose state
+    folder holds the key, so that the operator token is never sent to another program holding the port."""
+
+    async def identity(request: Request) -> Response:
+        nonce = request.query_params.get("nonce", "")
+        if identity_key is None or not 16 <= len(nonce) <= 128:
+            return _json({"error": "send ?nonce= (16-128 characters)"}, status=400)
+        return _json({"proof": identity_proof(identity_key, nonce)})
 
     async def status(request: Request) -> Response:
         return _json(status_document(supervisor))
@@ -205,6 +228,7 @@ def build_app(supervisor: Any, token: str | None = None, allowed_hosts: list[str
             Route("/supervisor/changes", guarded(changes)),
             Route("/supervisor/events", guarded(events)),
             Route("/supervisor/pending", guarded(pending)),
+            Route("/supervisor/identity", guarded(identity)),
             Route("/supervisor/changes/{id}/approve", guarded(deciding(True)), methods=["POST"]),
             Route("/supervisor/changes/{id}/reject", guarded(deciding(False)), methods=["POST"]),
             Route("/metrics", guarded(metrics)),
@@ -338,9 +362,13 @@ async def run_status_http(
         task_status.started(None)
         return
     url = _base_url(sock)
+    identity_key = secrets.token_bytes(32)
+    _write_identity_key(supervisor.settings.state_dir / IDENTITY_KEY_FILE, identity_key)
     server = QuietServer(
         uvicorn.Config(
-            build_app(supervisor, settings.token, allowed_authorities(settings.host, sock.getsockname()[1])),
+            build_app(
+                supervisor, settings.token, allowed_authorities(settings.host, sock.getsockname()[1]), identity_key
+            ),
             lifespan="off",
             log_config=None,  # no handlers of uvicorn's own: its default access log writes to stdout
             access_log=False,
@@ -351,6 +379,17 @@ async def run_status_http(
     with sock:
         logger.info("status page at %s/ (JSON at %s/supervisor/status, metrics at %s/metrics)", url, url, url)
         await _serve(server, sock, task_status, url)
+
+
+def _write_identity_key(path: Path, key: bytes) -> None:
+    """Owner-only, replaced atomically (a client never reads half a key)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.unlink(missing_ok=True)
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(key.hex())
+    os.replace(partial, path)
 
 
 async def _serve(server: uvicorn.Server, sock: socket.socket, task_status: TaskStatus[str | None], url: str) -> None:

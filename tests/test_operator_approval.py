@@ -172,3 +172,66 @@ async def test_a_dns_rebound_page_reads_neither_the_pending_diffs_nor_the_status
         for path in ("/supervisor/pending", "/supervisor/status", "/supervisor/changes", "/metrics", "/"):
             assert await anyio.to_thread.run_sync(fetch_as, url + path, f"rebound.example:{port}") == 403, path
             assert await anyio.to_thread.run_sync(fetch_as, url + path, f"localhost:{port}") == 200, path
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_metasup_mcp_approve_sends_the_token_only_to_a_supervisor_that_proves_itself(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Another program holding the configured status port (the supervisor then serves without
+    it) would receive the operator token from `metasup-mcp approve`. The endpoint must first
+    answer a challenge with the key the supervisor keeps in its state folder."""
+    import socket
+
+    monkeypatch.setenv("METASUP_OPERATOR_TOKEN", TOKEN)
+    port = free_port()
+    received: list[bytes] = []
+    squatter = socket.socket()
+    squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    squatter.bind(("127.0.0.1", port))
+    squatter.listen()
+
+    def squat() -> None:
+        squatter.settimeout(15)
+        try:
+            while True:
+                conn, _ = squatter.accept()
+                with conn:
+                    conn.settimeout(2)
+                    try:
+                        received.append(conn.recv(65536))
+                    except OSError:
+                        pass
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 13\r\n\r\n"
+                                 b'{"proof": ""}')
+        except OSError:
+            return  # closed
+
+    path = write_config(
+        tmp_path, [APP], workspace_template=str(workspace_template(tmp_path)), approval={"mode": "human"},
+        status_http={"enabled": True, "host": "127.0.0.1", "port": port},
+    )
+    sup = Supervisor(load_config(path))
+    async with sup.running(), anyio.create_task_group() as tg:
+        assert await tg.start(run_status_http, sup, sup.settings.status_http) is None  # the port is taken
+        held = await sup.propose_change(ChangeRequest("v2", changes=[{"path": "server.py", "content": with_version("2")}]))
+        tg.start_soon(anyio.to_thread.run_sync, squat)
+        code = await anyio.to_thread.run_sync(lambda: cli.main(["approve", held.id, "--config", str(path)]))
+        squatter.shutdown(socket.SHUT_RDWR)  # wakes its accept(): the port is free again
+        squatter.close()
+        assert code == 1 and "the operator token was not sent" in capsys.readouterr().err
+        assert not any(TOKEN.encode() in chunk for chunk in received), received
+        assert sup.get_change(held.id).status == "pending_approval"
+
+        url = await tg.start(run_status_http, sup, sup.settings.status_http)  # the supervisor gets its port
+        assert url is not None
+        code = await anyio.to_thread.run_sync(lambda: cli.main(["approve", held.id, "--config", str(path)]))
+        assert code == 0 and sup.get_change(held.id).verdict == "applied"
+        tg.cancel_scope.cancel()

@@ -69,14 +69,21 @@ class Aftercare:
     def begin_probation(self, proposal: Proposal, previous: str) -> None:
         """Watch the incarnations that verified `proposal` until `stable_after`: a failure of one
         of them in that window (say, healthy for min_runtime, dead 2 s later) rolls it back."""
-        restarted = [c for c in self.p._children() if c.name in proposal.restarted]
-        if not restarted or proposal.commit is None:
+        restarted = {c.name: c.generation for c in self.p._children() if c.name in proposal.restarted}
+        self.watch(proposal.id, proposal.commit, previous, restarted)
+
+    def watch(self, change_id: str, commit: str | None, previous: str, generations: dict[str, int]) -> None:
+        """Put `commit`, just made last good in place of `previous`, on probation with the
+        incarnations that verified it (server -> generation): proposals and on-disk candidates
+        alike, since there is one road to last good."""
+        children = [c for c in self.p._children() if c.name in generations]
+        if not children or commit is None:
             self.probation = None
             return
-        window = max(c.machine.policy.stable_after for c in restarted)
+        window = max(c.machine.policy.stable_after for c in children)
         self.probation = Probation(
-            proposal.id, proposal.commit, previous, {c.name: c.generation for c in restarted},
-            until=anyio.current_time() + window, healthy_before={c.name for c in restarted},
+            change_id, commit, previous, dict(generations),
+            until=anyio.current_time() + window, healthy_before=set(generations),
         )
 
     async def run_probation(self) -> None:

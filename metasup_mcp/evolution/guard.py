@@ -37,6 +37,9 @@ logger = logging.getLogger(__name__)
 
 Recorder = Callable[..., None]
 Screen = Callable[[Sequence[str]], Awaitable[tuple[str, str] | None]]
+# A candidate made last good (id, commit, the last good it replaced, server -> incarnation that
+# verified it): it goes on probation exactly as an accepted proposal does.
+OnAccepted = Callable[[str, str, str, dict[str, int]], None]
 
 
 @dataclass
@@ -49,6 +52,7 @@ class Trial:
     saved_ref: str | None
     generations: dict[str, int] = field(default_factory=dict)  # server → incarnation on trial
     untracked: frozenset[str] = frozenset()  # of `paths`, those git did not track when it began
+    verified: dict[str, int] = field(default_factory=dict)  # server → incarnation that held min_runtime
 
     def concerns(self, child: ManagedChild) -> bool:
         """Does `child` run code on trial (by `_code_for`'s rule: an untracked file only under an
@@ -71,6 +75,9 @@ class DiskGuard:
         screen: Screen,
         record: Recorder,
         poll_interval: float = 2.0,
+        paused: Callable[[], str | None] = lambda: None,
+        on_accepted: OnAccepted = lambda change_id, commit, previous, generations: None,
+        children: Callable[[], Sequence[ManagedChild]] = lambda: (),
     ) -> None:
         self.workspace = workspace
         self.policy = policy
@@ -82,6 +89,11 @@ class DiskGuard:
         self._screen = screen
         self._record = record
         self.poll_interval = poll_interval
+        # Why changes are refused now (the evolution breaker open, an emergency stop), or None:
+        # while it says so, no candidate goes on trial or becomes last good.
+        self._paused = paused
+        self._on_accepted = on_accepted
+        self._children = children
         self.trial: Trial | None = None
 
     def _code_for(self, child: ManagedChild, tracked: Sequence[str], untracked: Sequence[str], last_good: str) -> list[str]:
@@ -119,7 +131,8 @@ class DiskGuard:
                 return
             trial_id = new_proposal_id(prefix="c")
             saved = await _io(ws.save, paths, f"on-disk edits before candidate {trial_id}")
-            refusal = await self._screen(paths)
+            paused = self._paused()
+            refusal = ("paused", paused) if paused else await self._screen(paths)
             if refusal is not None:
                 await self._refuse(trial_id, paths, last_good, saved.ref, child.name, *refusal)
                 return
@@ -164,7 +177,7 @@ class DiskGuard:
         if trial is None or trial.generations.get(event.server) != event.generation:
             return
         if event.kind == "stable":
-            del trial.generations[event.server]
+            trial.verified[event.server] = trial.generations.pop(event.server)
             if not trial.generations:
                 await self._accept(trial)
         elif event.kind == "exited" and event.data.get("requested"):
@@ -190,34 +203,47 @@ class DiskGuard:
         async with self.lock:
             if not await self._still_current(trial):
                 return
+            paused = self._paused()
+            if paused:  # the breaker opened (or an emergency) while it was on trial: never last good
+                await self._undo(trial, "paused", paused)
+                for child in self._children():  # they run the candidate: back onto last good
+                    if trial.verified.get(child.name) == child.generation:
+                        child.request_restart()
+                return
             # Recorded before last good moves: the audit never lags what last good says.
             await _io(self.audit.append, "candidate_accepted", id=trial.id, commit=trial.candidate)
             await _io(move_last_good, self.workspace, self.history, trial.candidate, f"candidate {trial.id}")
             self.trial = None
             self._record("candidate_accepted", id=trial.id, commit=trial.candidate)
+            self._on_accepted(trial.id, trial.candidate, trial.last_good, trial.verified)
 
     async def _reject(self, trial: Trial, trigger: str, evidence: str) -> None:
         async with self.lock:
             if not await self._still_current(trial):
                 return
-            ws = self.workspace
-            ref = await _io(ws.keep_rejected, trial.id, trial.candidate)
-            during = await _io(ws.save, trial.paths, f"before rolling back candidate {trial.id}")
-            await _io(ws.put_back, trial.last_good, trial.paths)
-            if trial.made_commit:
-                await _io(ws.move_head, trial.candidate, await _io(ws.resolve, f"{trial.candidate}^"))
-            await _io(
-                self.audit.append,
-                "rollback", id=trial.id, source="on-disk", trigger=trigger, bad_commit=trial.candidate,
-                to=trial.last_good, rejected_ref=ref, saved_ref=trial.saved_ref, during_ref=during.ref, evidence=evidence,
-            )
-            self._record(
-                "rollback", id=trial.id, source="on-disk", trigger=trigger, reason=evidence, saved_ref=trial.saved_ref,
-                **{"from": trial.candidate, "to": trial.last_good},
-            )
-            self.trial = None
-            logger.warning("on-disk edits broke a server (%s: %s): put back as last good %s; the edits are saved under %s",
-                           trigger, evidence, trial.last_good[:12], trial.saved_ref)
+            await self._undo(trial, trigger, evidence)
+
+    async def _undo(self, trial: Trial, trigger: str, evidence: str) -> None:
+        """With the lock held: the candidate under a rejected ref, its paths back as last good has
+        them (what was written there meanwhile saved first), its commit off the branch."""
+        ws = self.workspace
+        ref = await _io(ws.keep_rejected, trial.id, trial.candidate)
+        during = await _io(ws.save, trial.paths, f"before rolling back candidate {trial.id}")
+        await _io(ws.put_back, trial.last_good, trial.paths)
+        if trial.made_commit:
+            await _io(ws.move_head, trial.candidate, await _io(ws.resolve, f"{trial.candidate}^"))
+        await _io(
+            self.audit.append,
+            "rollback", id=trial.id, source="on-disk", trigger=trigger, bad_commit=trial.candidate,
+            to=trial.last_good, rejected_ref=ref, saved_ref=trial.saved_ref, during_ref=during.ref, evidence=evidence,
+        )
+        self._record(
+            "rollback", id=trial.id, source="on-disk", trigger=trigger, reason=evidence, saved_ref=trial.saved_ref,
+            **{"from": trial.candidate, "to": trial.last_good},
+        )
+        self.trial = None
+        logger.warning("on-disk candidate undone (%s: %s): put back as last good %s; the edits are saved under %s",
+                       trigger, evidence, trial.last_good[:12], trial.saved_ref)
 
     async def _poll_protected(self) -> None:
         while True:

@@ -128,6 +128,7 @@ class ChangeService:
         self.guard = DiskGuard(
             ws, self.policy, pipeline.lock, lambda: pipeline.in_transaction, self._events, self.audit,
             self.history, pipeline.screen, self._record,
+            paused=self._refuse_reason, on_accepted=pipeline.aftercare.watch, children=self._children,
         )
         outcome = await self.pipeline.recover_pending()
         if outcome:

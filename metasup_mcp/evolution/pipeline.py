@@ -36,6 +36,7 @@ from metasup_mcp.evolution.coordinator import Coordinator
 from metasup_mcp.evolution.performance import MetricStore
 from metasup_mcp.evolution.proposals import ChangeSummary, Proposal, ProposalStore, new_proposal_id
 from metasup_mcp.evolution.recovery import finish_interrupted, undo_change
+from metasup_mcp.evolution.seal import seal_code
 from metasup_mcp.evolution.requests import Asker, ChangeError, ChangeRequest, Progress
 from metasup_mcp.evolution.stages import ApprovalStage, BehaviourStage
 from metasup_mcp.safety.audit import AuditLog
@@ -289,6 +290,26 @@ class Pipeline(ApprovalStage, BehaviourStage):
         return await self._finish(proposal, "rolled_back", f"{trigger}: put back as it was before {proposal.id}")
 
     async def _verify(self, proposal: Proposal, changes: list[FileChange], say: Progress) -> tuple[str, str] | None:
+        affected = self.affected([c.path for c in changes])
+        commit = proposal.commit or await _io(self.workspace.head)
+        # What is checked and restarted must be the commit itself, until it is accepted (see seal.py).
+        seal, differing = await _io(seal_code, self.workspace, commit, affected)
+        if differing:
+            return "code_swapped", (
+                f"code the restarted servers watch differs on disk from {commit[:12]}: {', '.join(differing[:20])}. "
+                "Verifying would prove code that is not the commit; propose those edits too, or undo them"
+            )
+        failure = await self._checks_restart_behaviour(proposal, changes, affected, say)
+        if failure is None and (written := await _io(seal.broken)):
+            return "code_swapped", (
+                f"code was written on disk while {proposal.id} was verified: {', '.join(written[:20])}; what the "
+                "servers ran may not be the commit"
+            )
+        return failure
+
+    async def _checks_restart_behaviour(
+        self, proposal: Proposal, changes: list[FileChange], affected: list[ManagedChild], say: Progress
+    ) -> tuple[str, str] | None:
         await say("running checks")
         changed = [c.path for c in changes if not c.delete]
         env = child_environment({}, instance_id=self._instance_id)
@@ -298,7 +319,6 @@ class Pipeline(ApprovalStage, BehaviourStage):
         for spec, check in zip(self.settings.checks, proposal.checks, strict=False):
             if not check.ok:
                 return trigger_for(spec), check.output_tail
-        affected = self.affected([c.path for c in changes])
         proposal.restarted = [child.name for child in affected]
         # Who was serving before the change: after a rollback they must serve again (see aftercare).
         self._healthy_before = {c.name for c in affected if c.state is ChildState.RUNNING}

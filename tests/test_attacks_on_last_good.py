@@ -1,0 +1,62 @@
+"""Hostile writers against the one road to last good: what the restarted servers ran must be
+exactly the commit that becomes last good."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+from metasup_mcp.evolution.pipeline import ChangeRequest
+from tests.conftest import eventually
+from tests.safety_support import app_config, git, served_version, with_version
+
+pytestmark = pytest.mark.anyio
+
+BROKEN = "raise SystemExit('broken at import')\n"
+SLOW_CHECK = {"name": "slow", "run": ["python", "-c", "import time; time.sleep(1.5)"], "timeout": "30s"}
+
+
+async def test_code_swapped_on_disk_before_the_restart_never_makes_the_unrun_commit_last_good(
+    tmp_path, make_config, supervisor_factory
+):
+    config = app_config(make_config, tmp_path, checks=[SLOW_CHECK])
+    async with supervisor_factory(config) as sup, anyio.create_task_group() as tg:
+        initial = sup.supervisor_block()["last_good_commit"]
+        workspace = sup.settings.workspace
+        results = []
+
+        async def propose() -> None:
+            change = {"path": "server.py", "content": BROKEN}
+            results.append(await sup.propose_change(ChangeRequest("broken", changes=[change])))
+
+        tg.start_soon(propose)
+        await eventually(lambda: any(p.status == "verifying" for p in sup.changes.list()), timeout=10)
+        (workspace / "server.py").write_text(with_version("swapped"))  # a child hides the broken commit
+        await eventually(lambda: results, timeout=20)
+        (result,) = results
+        assert result.verdict == "rolled_back" and result.trigger == "code_swapped", result.reasons
+        assert sup.supervisor_block()["last_good_commit"] == initial == git(workspace, "rev-parse", "HEAD")
+        assert await served_version(sup) == "1"
+
+
+async def test_code_rewritten_while_on_trial_then_restored_is_rolled_back(tmp_path, make_config, supervisor_factory):
+    config = app_config(make_config, tmp_path, min_runtime="2s")
+    v2 = with_version("2")
+    async with supervisor_factory(config) as sup, anyio.create_task_group() as tg:
+        initial = sup.supervisor_block()["last_good_commit"]
+        workspace = sup.settings.workspace
+        results = []
+
+        async def propose() -> None:
+            results.append(await sup.propose_change(ChangeRequest("v2", changes=[{"path": "server.py", "content": v2}])))
+
+        tg.start_soon(propose)
+        await eventually(lambda: any("restarting" in (p.model_dump()["stages"][-1].get("detail") or "") or p.restarted
+                                     for p in sup.changes.list()), timeout=10)
+        await anyio.sleep(0.3)  # the restarted server has loaded the code: now swap and restore it
+        (workspace / "server.py").write_text(with_version("other"))
+        (workspace / "server.py").write_text(v2)
+        await eventually(lambda: results, timeout=20)
+        (result,) = results
+        assert result.verdict == "rolled_back" and result.trigger == "code_swapped", result.reasons
+        assert sup.supervisor_block()["last_good_commit"] == initial

@@ -60,3 +60,48 @@ async def test_code_rewritten_while_on_trial_then_restored_is_rolled_back(tmp_pa
         (result,) = results
         assert result.verdict == "rolled_back" and result.trigger == "code_swapped", result.reasons
         assert sup.supervisor_block()["last_good_commit"] == initial
+
+
+async def test_a_proposal_racing_an_on_disk_trial_never_carries_the_unjudged_candidate_into_last_good(
+    tmp_path, make_config, supervisor_factory
+):
+    other = {"name": "other", "command": "python", "args": ["-u", "other.py"], "watch": ["other.py"]}
+    config = app_config(make_config, tmp_path, extra_servers=[other], min_runtime="3s")
+    (tmp_path / "template" / "other.py").write_text(with_version("1"))
+    crashing = with_version("disk", "import os, threading\nthreading.Timer(1.0, lambda: os._exit(5)).start()\n")
+    async with supervisor_factory(config) as sup:
+        initial = sup.supervisor_block()["last_good_commit"]
+        workspace = sup.settings.workspace
+        (workspace / "server.py").write_text(crashing)
+        await sup.restart_server("app")  # on trial: it will die after 1 s, within min_runtime
+        assert sup.changes.guard is not None and sup.changes.guard.trial is not None
+        change = {"path": "other.py", "content": with_version("2")}
+        result = await sup.propose_change(ChangeRequest("other v2", changes=[change]))
+        assert result.verdict == "applied" and result.restarted == ["other"]
+        last_good = sup.supervisor_block()["last_good_commit"]
+        assert "VERSION = \"disk\"" not in git(workspace, "show", f"{last_good}:server.py"), "carried in unjudged"
+        assert git(workspace, "show", f"{last_good}:other.py") == with_version("2").strip()
+        assert [e["data"]["trigger"] for e in sup.audit_tail(100) if e["data"].get("source") == "on-disk"] == ["early_exit"]
+        assert initial != last_good
+
+
+async def test_an_on_disk_trial_whose_server_was_stopped_is_withdrawn_not_carried_by_the_next_change(
+    tmp_path, make_config, supervisor_factory
+):
+    other = {"name": "other", "command": "python", "args": ["-u", "other.py"], "watch": ["other.py"]}
+    config = app_config(make_config, tmp_path, extra_servers=[other], min_runtime="3s")
+    (tmp_path / "template" / "other.py").write_text(with_version("1"))
+    async with supervisor_factory(config) as sup:
+        workspace = sup.settings.workspace
+        (workspace / "server.py").write_text(with_version("unjudged"))
+        await sup.restart_server("app")
+        await sup.stop_server("app")  # stopped before its trial could judge the edit
+        result = await sup.propose_change(ChangeRequest("other v2", changes=[{"path": "other.py", "content": with_version("2")}]))
+        assert result.verdict == "applied"
+        last_good = sup.supervisor_block()["last_good_commit"]
+        assert "unjudged" not in git(workspace, "show", f"{last_good}:server.py"), "carried in unjudged"
+        withdrawn = [e for e in sup.audit_tail(100) if e["event"] == "rollback" and e["data"].get("source") == "on-disk"]
+        assert [e["data"]["trigger"] for e in withdrawn] == ["interrupted"]
+        assert "unjudged" in git(workspace, "show", f"{withdrawn[0]['data']['saved_ref']}:server.py")  # nothing lost
+        await sup.start_server("app")
+        assert await served_version(sup) == "1"

@@ -67,8 +67,9 @@ async def test_a_candidate_on_trial_when_the_breaker_opens_is_undone_not_made_la
         await sup.restart_server("app")
         assert sup.changes.guard is not None and sup.changes.guard.trial is not None
         on_trial = sup.child("app").generation
-        broken = await sup.propose_change(ChangeRequest("bad", changes=[{"path": "other.py", "content": "def (\n"}]))
-        assert broken.verdict == "rolled_back" and sup.mode == "changes_paused"
+        # A change's rollback (a probation failure, say) opens the breaker while the edit is on trial.
+        sup._record("rollback", id="p-elsewhere", source="probation", trigger="probation")
+        assert sup.mode == "changes_paused"
         await eventually(lambda: audited(sup, "rollback", source="on-disk", trigger="paused"), timeout=10)
         assert not audited(sup, "candidate_accepted")
         assert sup.supervisor_block()["last_good_commit"] == initial == git(workspace, "rev-parse", "HEAD")

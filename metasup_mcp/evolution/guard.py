@@ -53,6 +53,7 @@ class Trial:
     generations: dict[str, int] = field(default_factory=dict)  # server → incarnation on trial
     untracked: frozenset[str] = frozenset()  # of `paths`, those git did not track when it began
     verified: dict[str, int] = field(default_factory=dict)  # server → incarnation that held min_runtime
+    stopped: set[str] = field(default_factory=set)  # stopped on purpose before judging: must start again
 
     def concerns(self, child: ManagedChild) -> bool:
         """Does `child` run code on trial (by `_code_for`'s rule: an untracked file only under an
@@ -120,11 +121,12 @@ class DiskGuard:
             last_good = await _io(ws.last_good) or await _io(ws.head)
             tracked, untracked = await _io(ws.changes_since, last_good)
             await self._revert_protected(last_good, tracked)
-            if self.trial is not None and self.trial.last_good != last_good:
-                self.trial = None  # last good moved under it (a change was applied): start afresh
+            if self.trial is not None and not await self._intact(self.trial, last_good):
+                self.trial = None  # last good moved under it, or its candidate left the tree: start afresh
             if self.trial is not None:
-                if self.trial.concerns(child):
+                if self.trial.concerns(child):  # it runs the candidate: it judges too
                     self.trial.generations[child.name] = child.generation
+                    self.trial.stopped.discard(child.name)
                 return
             paths = await _io(self._code_for, child, tracked, untracked, last_good)
             if not paths:
@@ -178,19 +180,58 @@ class DiskGuard:
             return
         if event.kind == "stable":
             trial.verified[event.server] = trial.generations.pop(event.server)
-            if not trial.generations:
+            if not trial.generations and not trial.stopped:
                 await self._accept(trial)
         elif event.kind == "exited" and event.data.get("requested"):
-            # Stopped on purpose (an operator, or a change's restart): it can no longer judge.
+            # Stopped on purpose (an operator): it judges nothing, and the trial stays open (its
+            # candidate unjudged, never last good) until that server starts again or a change
+            # withdraws it (see `withdraw`).
             del trial.generations[event.server]
-            if not trial.generations:
-                self.trial = None
+            trial.stopped.add(event.server)
         elif event.kind == "exited" and str(event.data.get("reason", "")).startswith("spawn failed"):
             return  # the program never ran (not on PATH...): no evidence about the code
         elif event.kind == "exited" and event.data.get("early"):
             await self._reject(trial, "early_exit", f"{event.server}: {event.data.get('reason')}")
         elif event.kind == "health":
             await self._reject(trial, f"health:{event.data.get('reason')}", f"{event.server}: {event.data.get('detail')}")
+
+    async def _intact(self, trial: Trial, last_good: str) -> bool:
+        """Whether the trial still stands: last good unmoved, its candidate at HEAD and on disk."""
+        ws = self.workspace
+        if trial.last_good != last_good or await _io(ws.head) != trial.candidate:
+            return False
+        return not set(trial.paths) & set(await _io(ws.changed_paths, trial.candidate))
+
+    def _budget(self, trial: Trial) -> float:
+        """How long the incarnations on trial may take to be judged (handshake, min_runtime, slack)."""
+        live = [c for c in self._children() if c.name in trial.generations]
+        return max((c.handshake_allowance + c.machine.policy.min_runtime for c in live), default=0.0) + 5.0
+
+    async def wait_judged(self) -> None:
+        """Before a change takes the workspace: give the trial in flight, if any, the time its live
+        incarnations need to be judged (none live: no wait)."""
+        trial = self.trial
+        if trial is None:
+            return
+        with anyio.move_on_after(self._budget(trial)):
+            while self.trial is trial and trial.generations:
+                await anyio.sleep(0.05)
+
+    async def withdraw(self, why: str) -> None:
+        """With the lock held, before a change or rollback: a trial still in flight is undone (its
+        edits saved and put back as last good has them), so no change carries its unjudged
+        candidate into last good. Its servers restart afterwards on what the change leaves."""
+        trial = self.trial
+        if trial is None:
+            return
+        self.trial = None
+        if await _io(self.workspace.last_good) != trial.last_good or await _io(self.workspace.head) != trial.candidate:
+            return  # already left the tree (a rollback or a restore took it off)
+        self.trial = trial
+        await self._undo(trial, "interrupted", f"withdrawn unjudged: {why}")
+        for child in self._children():
+            if trial.generations.get(child.name) == child.generation or trial.verified.get(child.name) == child.generation:
+                child.request_restart()
 
     async def _still_current(self, trial: Trial) -> bool:
         """False when a change or rollback moved last good since the trial began (it is stale)."""

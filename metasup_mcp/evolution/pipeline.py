@@ -15,7 +15,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import anyio
@@ -109,6 +109,10 @@ class Pipeline(ApprovalStage, BehaviourStage):
         self.sandbox: SandboxPlan | None = None  # what checks run in (set by the Supervisor)
         # Why nothing may be accepted now (protected files tampered with), or None; set by the Supervisor.
         self.integrity_check: Callable[[], str | None] = lambda: None
+        # The on-disk guard's trial in flight (set by the ChangeService): wait for its verdict,
+        # then (the lock held) undo it if it still has none.
+        self.wait_for_trial: Callable[[], Awaitable[None]] = _nothing
+        self.withdraw_trial: Callable[[str], Awaitable[None]] = _nothing
 
     @property
     def queue_length(self) -> int:
@@ -143,11 +147,14 @@ class Pipeline(ApprovalStage, BehaviourStage):
         return await self._approve(proposal, changes, request, say)
 
     async def _apply(self, proposal: Proposal, changes: list[FileChange], say: Progress) -> Proposal:
+        await self.wait_for_trial()
         async with self.lock:
             refused = self._refuse_reason()
             if refused:
                 proposal.reasons.append(refused)
                 return await self._finish(proposal, "rejected")
+            # An on-disk candidate still unjudged must not ride into last good under this change.
+            await self.withdraw_trial(f"{proposal.id} takes the workspace")
             if self.settings.benchmark is not None:  # the baseline: last good's metric, once
                 await self._measure_baseline(say)
             self.in_transaction = True
@@ -465,6 +472,10 @@ def _evidence(child: ManagedChild, reason: str, before_generation: int) -> str:
 
 def _all_unchanged(ws: Workspace, changes: Sequence[FileChange], limit: int) -> bool:
     return all(c.content is not None and ws.read_text(c.path, limit) == c.content for c in changes)
+
+
+async def _nothing(*_: Any) -> None:
+    return None
 
 
 async def _quiet(message: str) -> None:

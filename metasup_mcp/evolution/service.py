@@ -130,6 +130,7 @@ class ChangeService:
             self.history, pipeline.screen, self._record,
             paused=self._refuse_reason, on_accepted=pipeline.aftercare.watch, children=self._children,
         )
+        pipeline.wait_for_trial, pipeline.withdraw_trial = self.guard.wait_judged, self.guard.withdraw
         outcome = await self.pipeline.recover_pending()
         if outcome:
             self._record("recovered", outcome=outcome)

@@ -274,7 +274,7 @@ class Supervisor:
         reason = reason or "emergency stop requested"
         self._enter_emergency(reason)
         await self.changes.abort_transaction(f"emergency stop ({reason})")
-        await self.manager.stop_all()
+        await self._automatic_emergency(reason)  # every server stopped, the workspace on last good
         return self.supervisor_block()
 
     def _enter_emergency(self, reason: str) -> None:

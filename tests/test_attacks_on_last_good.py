@@ -34,7 +34,7 @@ async def test_code_swapped_on_disk_before_the_restart_never_makes_the_unrun_com
         (workspace / "server.py").write_text(with_version("swapped"))  # a child hides the broken commit
         await eventually(lambda: results, timeout=20)
         (result,) = results
-        assert result.verdict == "rolled_back" and result.trigger == "code_swapped", result.reasons
+        assert result.verdict == "rolled_back" and result.trigger == "code_swapped", (result.verdict, result.trigger, result.reasons)
         assert sup.supervisor_block()["last_good_commit"] == initial == git(workspace, "rev-parse", "HEAD")
         assert await served_version(sup) == "1"
 
@@ -58,7 +58,7 @@ async def test_code_rewritten_while_on_trial_then_restored_is_rolled_back(tmp_pa
         (workspace / "server.py").write_text(v2)
         await eventually(lambda: results, timeout=20)
         (result,) = results
-        assert result.verdict == "rolled_back" and result.trigger == "code_swapped", result.reasons
+        assert result.verdict == "rolled_back" and result.trigger == "code_swapped", (result.verdict, result.trigger, result.reasons)
         assert sup.supervisor_block()["last_good_commit"] == initial
 
 
@@ -105,3 +105,23 @@ async def test_an_on_disk_trial_whose_server_was_stopped_is_withdrawn_not_carrie
         assert "unjudged" in git(workspace, "show", f"{withdrawn[0]['data']['saved_ref']}:server.py")  # nothing lost
         await sup.start_server("app")
         assert await served_version(sup) == "1"
+
+
+async def test_an_emergency_stop_during_an_on_disk_trial_puts_the_workspace_on_last_good_and_keeps_the_edit(
+    tmp_path, make_config, supervisor_factory
+):
+    async with supervisor_factory(app_config(make_config, tmp_path, min_runtime="3s")) as sup:
+        initial = sup.supervisor_block()["last_good_commit"]
+        workspace = sup.settings.workspace
+        (workspace / "server.py").write_text(with_version("unjudged"))
+        await sup.restart_server("app")
+        assert sup.changes.guard is not None and sup.changes.guard.trial is not None
+        await sup.emergency_stop("operator pulled the plug")
+        assert all(c.at_rest for c in sup.manager)
+        assert git(workspace, "rev-parse", "HEAD") == initial == sup.supervisor_block()["last_good_commit"]
+        assert "unjudged" not in (workspace / "server.py").read_text()
+        saved = [e["data"]["saved_ref"] for e in sup.audit_tail(100) if e["event"] == "rollback" and e["data"].get("saved_ref")]
+        assert any("unjudged" in git(workspace, "show", f"{ref}:server.py", check=False) for ref in saved)
+        await sup.recover()
+        assert await served_version(sup) == "1"
+        assert not [e for e in sup.audit_tail(100) if e["event"] == "candidate_accepted"]

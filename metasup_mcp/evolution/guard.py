@@ -229,13 +229,16 @@ class DiskGuard:
             return  # already left the tree (a rollback or a restore took it off)
         self.trial = trial
         await self._undo(trial, "interrupted", f"withdrawn unjudged: {why}")
+        if self._paused():
+            return  # an emergency stop: nothing starts again until `recover`
         for child in self._children():
             if trial.generations.get(child.name) == child.generation or trial.verified.get(child.name) == child.generation:
                 child.request_restart()
 
     async def _still_current(self, trial: Trial) -> bool:
-        """False when a change or rollback moved last good since the trial began (it is stale)."""
-        if self.trial is trial and await _io(self.workspace.last_good) == trial.last_good:
+        """False when a change or rollback moved last good, or took the candidate off the tree,
+        since the trial began (it is stale)."""
+        if self.trial is trial and await self._intact(trial, await _io(self.workspace.last_good) or ""):
             return True
         self.trial = None if self.trial is trial else self.trial
         return False

@@ -49,10 +49,12 @@ def _watched(children: Sequence[ManagedChild], path: str, untracked: bool) -> bo
 
 def seal_code(ws: Workspace, commit: str, children: Sequence[ManagedChild]) -> tuple[CodeSeal, list[str]]:
     """(a seal over the code `children` watch, the paths where the disk differs from `commit`)."""
+    files = ws.ownership.code_only([p for p in ws.tracked_files(commit) if _watched(children, p, False)])
+    root = str(ws.root)
+    # Sealed before the content is compared: a write between the two is seen by one or the other.
+    seal = CodeSeal(root, {p: _stat(os.path.join(root, p)) for p in files})
     tracked, untracked = ws.changes_since(commit)
     differing = ws.ownership.code_only(
         [p for p in tracked if _watched(children, p, False)] + [p for p in untracked if _watched(children, p, True)]
     )
-    files = ws.ownership.code_only([p for p in ws.tracked_files(commit) if _watched(children, p, False)])
-    root = str(ws.root)
-    return CodeSeal(root, {p: _stat(os.path.join(root, p)) for p in files}), sorted(differing)
+    return seal, sorted(differing)

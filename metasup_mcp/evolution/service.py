@@ -396,6 +396,8 @@ class ChangeService:
         try:
             async with self.pipeline.lock:
                 ws = self.workspace
+                if self.guard is not None:  # an on-disk candidate on trial is undone, its edits saved
+                    await self.guard.withdraw("emergency stop")
                 last_good, current = await blocking(ws.last_good), await blocking(ws.head)
                 if last_good is None:
                     return None

@@ -125,3 +125,23 @@ async def test_an_emergency_stop_during_an_on_disk_trial_puts_the_workspace_on_l
         await sup.recover()
         assert await served_version(sup) == "1"
         assert not [e for e in sup.audit_tail(100) if e["event"] == "candidate_accepted"]
+
+
+async def test_recovery_never_falls_back_to_a_commit_that_failed_its_probation(tmp_path, make_config, supervisor_factory):
+    flag = tmp_path / "flag"
+    config = app_config(make_config, tmp_path)
+    refusing = with_version("1", f"import pathlib, sys\nif pathlib.Path({str(flag)!r}).exists(): sys.exit('flag set')\n")
+    (tmp_path / "template" / "server.py").write_text(refusing)
+    delayed = with_version("2", "import os, threading\nthreading.Timer(2.0, lambda: os._exit(5)).start()\n")
+    async with supervisor_factory(config) as sup:
+        initial = sup.supervisor_block()["last_good_commit"]
+        failed = await sup.propose_change(ChangeRequest("v2", changes=[{"path": "server.py", "content": delayed}]))
+        assert failed.verdict == "applied"
+        await eventually(lambda: sup.get_change(failed.id).verdict == "rolled_back", timeout=15)
+        await eventually(lambda: sup.supervisor_block()["probation"] is None and sup.child("app").connection, timeout=10)
+        assert sup.supervisor_block()["last_good_commit"] == initial
+        flag.write_text("last good can no longer start\n")  # something outside git broke it
+        result = await sup.propose_change(ChangeRequest("v3", changes=[{"path": "server.py", "content": BROKEN}]))
+        assert result.verdict == "rolled_back"
+        assert sup.supervisor_block()["last_good_commit"] != failed.commit, "a commit that failed probation is last good"
+        assert sup.mode == "emergency" and any("EMERGENCY STOP" in r for r in result.reasons)

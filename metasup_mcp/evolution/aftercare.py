@@ -21,6 +21,7 @@ import anyio
 from metasup_mcp.aio import blocking as _io
 from metasup_mcp.children.child import ManagedChild
 from metasup_mcp.evolution.proposals import Proposal
+from metasup_mcp.safety.refs import REF_REJECTED
 from metasup_mcp.safety.workspace import WorkspaceError
 
 if TYPE_CHECKING:
@@ -123,6 +124,8 @@ class Aftercare:
             return  # last good moved on meanwhile: nothing of this commit to undo
         await self.move_code(trial.previous, source="probation", trigger="probation", reason=evidence,
                              change_id=trial.proposal_id)
+        # Known bad now: under a rejected ref, so no recovery falls back to it (see bring_back).
+        await _io(ws.keep_rejected, trial.proposal_id, trial.commit)
         logger.warning("%s failed its probation (%s): rolled back to %s", trial.commit[:12], evidence, trial.previous[:12])
         proposal = self.p.store.get(trial.proposal_id)
         if proposal is not None:
@@ -155,6 +158,7 @@ class Aftercare:
             last_good = await _io(ws.last_good) or await _io(ws.head)
             # The history of last-good moves, newest first, then any other verified commit.
             verified = [*reversed(self.p.history.commits()), *await _io(ws.verified_commits)]
+            tried |= {r.sha for r in await _io(ws.list_refs, REF_REJECTED)}  # verified once, failed since
             older = [sha for sha in dict.fromkeys(verified) if sha != last_good and sha not in tried]
             failure: tuple[str, str] | None = None
             for attempt, commit in enumerate([last_good, *older][:FALLBACK_ATTEMPTS]):

@@ -145,3 +145,25 @@ async def test_recovery_never_falls_back_to_a_commit_that_failed_its_probation(t
         assert result.verdict == "rolled_back"
         assert sup.supervisor_block()["last_good_commit"] != failed.commit, "a commit that failed probation is last good"
         assert sup.mode == "emergency" and any("EMERGENCY STOP" in r for r in result.reasons)
+
+
+async def test_a_server_starting_while_another_candidate_is_on_trial_never_runs_its_own_unscreened_edits(
+    tmp_path, make_config, supervisor_factory
+):
+    other = {"name": "other", "command": "python", "args": ["-u", "other.py"], "watch": ["other.py"]}
+    config = app_config(make_config, tmp_path, extra_servers=[other], min_runtime="3s")
+    (tmp_path / "template" / "other.py").write_text(with_version("1"))
+    async with supervisor_factory(config) as sup:
+        workspace = sup.settings.workspace
+        (workspace / "server.py").write_text(with_version("disk"))
+        await sup.restart_server("app")
+        assert sup.changes.guard is not None and sup.changes.guard.trial is not None
+        (workspace / "other.py").write_text(with_version("unscreened"))
+        await sup.restart_server("other")
+        child = sup.child("other")
+        assert child.connection is not None
+        served = (await child.connection.session.call_tool("version", {})).content[0].text
+        assert served == "1", "other runs edits nobody screened"
+        [refused] = [e for e in sup.audit_tail(100) if e["event"] == "candidate_refused"]
+        assert refused["data"]["paths"] == ["other.py"]
+        assert "unscreened" in git(workspace, "show", f"{refused['data']['saved_ref']}:other.py")

@@ -123,18 +123,22 @@ class DiskGuard:
             await self._revert_protected(last_good, tracked)
             if self.trial is not None and not await self._intact(self.trial, last_good):
                 self.trial = None  # last good moved under it, or its candidate left the tree: start afresh
+            paths = await _io(self._code_for, child, tracked, untracked, last_good)
+            busy: str | None = None
             if self.trial is not None:
                 if self.trial.concerns(child):  # it runs the candidate: it judges too
                     self.trial.generations[child.name] = child.generation
                     self.trial.stopped.discard(child.name)
-                return
-            paths = await _io(self._code_for, child, tracked, untracked, last_good)
+                paths = [p for p in paths if p not in self.trial.paths]
+                # One candidate at a time: this server's own edits wait, saved, until that one is judged.
+                busy = (f"candidate {self.trial.id} is on trial: one at a time; these edits are saved (saved_ref) "
+                        "and put back as last good has them: restore or propose them once it is judged")
             if not paths:
                 return
             trial_id = new_proposal_id(prefix="c")
             saved = await _io(ws.save, paths, f"on-disk edits before candidate {trial_id}")
             paused = self._paused()
-            refusal = ("paused", paused) if paused else await self._screen(paths)
+            refusal = ("paused", paused) if paused else ("busy", busy) if busy else await self._screen(paths)
             if refusal is not None:
                 await self._refuse(trial_id, paths, last_good, saved.ref, child.name, *refusal)
                 return

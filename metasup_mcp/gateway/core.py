@@ -41,7 +41,7 @@ from metasup_mcp.gateway.catalog import ClaimBook, Index, Kind, Offer, build_ind
 from metasup_mcp.gateway.errors import Unanswered
 from metasup_mcp.gateway.fastpath import FastPath
 from metasup_mcp.gateway.listing import list_offer
-from metasup_mcp.gateway.naming import MAX_NAME_LENGTH, address_uri, resolve_uri, resource_key
+from metasup_mcp.gateway.naming import MAX_NAME_LENGTH, address_uri, readdress_links, resolve_uri, resource_key
 from metasup_mcp.gateway.stats import CallStats, Histogram
 from metasup_mcp.gateway.upstream import Upstream, Via, session_hooks
 
@@ -243,7 +243,7 @@ class Gateway:
             raise
         stats.record(perf_counter() - started, error=bool(raw.get("isError")))
         if raw.get("content"):
-            _readdress_links(raw["content"], resource_key(child.config))
+            readdress_links(raw["content"], resource_key(child.config))
         if self.on_read_only_result is not None and not raw.get("isError") and name in self.read_only_tools():
             self.on_read_only_result(name, arguments, raw)
         return raw
@@ -523,14 +523,3 @@ def _forwarded_meta(meta: Any) -> dict[str, Any] | None:
         return None
     kept = {k: v for k, v in meta.items() if k not in _OWN_META and not k.startswith(_RESERVED_META_PREFIX)}
     return kept or None
-
-
-def _readdress_links(content: list[dict[str, Any]], key: str) -> None:
-    """Point resource links and embedded resources in a tool result at their re-addressed URIs."""
-    for block in content:
-        kind = block.get("type")
-        if kind == "resource_link" and isinstance(block.get("uri"), str):
-            block["uri"] = address_uri(key, block["uri"])
-        elif kind == "resource" and isinstance(resource := block.get("resource"), dict):
-            if isinstance(resource.get("uri"), str):
-                resource["uri"] = address_uri(key, resource["uri"])

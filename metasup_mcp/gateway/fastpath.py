@@ -35,7 +35,7 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from metasup_mcp.children.child import Connection, ManagedChild
 from metasup_mcp.gateway import errors
 from metasup_mcp.gateway.errors import Unanswered
-from metasup_mcp.gateway.naming import address_uri
+from metasup_mcp.gateway.naming import readdress_links
 
 if TYPE_CHECKING:
     from metasup_mcp.gateway.core import Gateway
@@ -215,7 +215,7 @@ class FastPath:
         gateway = self.gateway
         gateway._stats[call.child.name].record(elapsed, error=bool(result.get("isError")))
         if result.get("content"):
-            _readdress(result["content"], call.child.config.resource_key)
+            readdress_links(result["content"], call.child.config.resource_key)
         await self._send({"jsonrpc": "2.0", "id": call.upstream_id, "result": result})
         if gateway.on_read_only_result is not None and not result.get("isError"):
             if call.exposed in gateway.read_only_tools():  # the replay sample, as on the SDK path
@@ -325,13 +325,3 @@ def _unusable(result: Any) -> str | None:
     if "isError" in result and not isinstance(result["isError"], (bool, type(None))):
         return "isError: not a boolean"
     return None
-
-
-def _readdress(content: list[dict[str, Any]], key: str) -> None:
-    for block in content:
-        kind = block.get("type")
-        if kind == "resource_link" and isinstance(block.get("uri"), str):
-            block["uri"] = address_uri(key, block["uri"])
-        elif kind == "resource" and isinstance(resource := block.get("resource"), dict):
-            if isinstance(resource.get("uri"), str):
-                resource["uri"] = address_uri(key, resource["uri"])

@@ -19,6 +19,7 @@ import hashlib
 import re
 import unicodedata
 from fnmatch import fnmatchcase
+from typing import Any
 
 from metasup_mcp.config import MAX_EXPOSED_NAME, ServerConfig, ToolFilter
 
@@ -111,3 +112,14 @@ def allowed(tools: ToolFilter, name: str) -> bool:
     if tools.allow and not any(fnmatchcase(name, pattern) for pattern in tools.allow):
         return False
     return not any(fnmatchcase(name, pattern) for pattern in tools.deny)
+
+
+def readdress_links(content: list[dict[str, Any]], key: str) -> None:
+    """Point resource links and embedded resources in a tool result at their re-addressed URIs."""
+    for block in content:
+        kind = block.get("type")
+        if kind == "resource_link" and isinstance(block.get("uri"), str):
+            block["uri"] = address_uri(key, block["uri"])
+        elif kind == "resource" and isinstance(resource := block.get("resource"), dict):
+            if isinstance(resource.get("uri"), str):
+                resource["uri"] = address_uri(key, resource["uri"])

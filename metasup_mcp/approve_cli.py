@@ -18,8 +18,7 @@ import urllib.request
 from pathlib import Path
 from typing import TextIO
 
-from metasup_mcp.config import ConfigError, load_config
-from metasup_mcp.evolution.approval import OPERATOR_TOKEN_ENV
+from metasup_mcp.config import OPERATOR_TOKEN_ENV, ConfigError, load_config
 from metasup_mcp.status_cli import TOKEN_ENV, StatusTarget
 
 DECISION_TIMEOUT = 600.0  # an approved change is applied and verified before the answer comes

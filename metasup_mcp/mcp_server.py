@@ -97,7 +97,7 @@ class ReloadArgs(_Args):
 async def _reload(sup: Supervisor, a: ReloadArgs, call: ToolCall) -> dict[str, Any]:
     from metasup_mcp.reload import check_operator_token
 
-    check_operator_token(sup.settings, a.token)
+    check_operator_token(sup.operator_gate, a.token)
     return await sup.reload_config(trigger="tool")
 
 

@@ -24,6 +24,7 @@ import anyio
 from metasup_mcp.children.child import ManagedChild
 from metasup_mcp.children.state import ChildState
 from metasup_mcp.config import Config, ServerConfig, SupervisorConfig
+from metasup_mcp.operator_gate import OperatorGate
 from metasup_mcp.supervisor import SupervisorError
 
 if TYPE_CHECKING:
@@ -70,11 +71,9 @@ def settings_not_reloaded(old: SupervisorConfig, new: SupervisorConfig) -> list[
     )
 
 
-def check_operator_token(settings: SupervisorConfig, given: str) -> None:
-    """`ReloadRefused` unless `given` is the operator token (the same token as approve_change)."""
-    from metasup_mcp.evolution.approval import token_problem
-
-    problem = token_problem(settings.approval, given)
+def check_operator_token(gate: OperatorGate, given: str) -> None:
+    """`ReloadRefused` unless `gate` lets `given` act (the same token as approve_change)."""
+    problem = gate.problem(given)
     if problem is not None:
         raise ReloadRefused(f"cannot reload: {problem}")
 

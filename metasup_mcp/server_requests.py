@@ -61,7 +61,7 @@ class ServerRequests:
 
         As for approve_change: the operator token, never the proposing session (`who`), and never a
         connection without an identity (a stateless one could be the proposer)."""
-        check_operator_token(self.sup.settings, token)
+        check_operator_token(self.sup.operator_gate, token)
         request = self._pending(request_id)
         if who is None:
             raise ReloadRefused(f"cannot approve {request_id} from a stateless connection: approve it from a stdio "
@@ -91,7 +91,7 @@ class ServerRequests:
         return request
 
     def reject(self, request_id: str, token: str, note: str) -> dict[str, Any]:
-        check_operator_token(self.sup.settings, token)
+        check_operator_token(self.sup.operator_gate, token)
         request = self._pending(request_id)
         request.update(status="rejected", note=note, decided_at=time.time())
         self._save(request)

@@ -48,6 +48,7 @@ from metasup_mcp.safety.audit import AuditError
 from metasup_mcp.safety.integrity import IntegrityGuard, Tamper
 from metasup_mcp.gateway import Gateway
 from metasup_mcp.gateway.naming import allowed, exposed_name
+from metasup_mcp.operator_gate import OperatorGate
 from metasup_mcp.safety.workspace import WorkspaceError
 
 logger = logging.getLogger(__name__)
@@ -92,9 +93,11 @@ class Supervisor:
         self.gateway = Gateway(self.manager, self.settings.max_tool_name)  # sets each child's session hooks
         self.child_events = EventHub()  # live child events for the safety loop's watchers
         self.replay = ReplaySamples(self.settings.state_dir / "replay.json", self.settings.replay)
+        # One gate for every operator door, so that wrong tokens are counted across all of them.
+        self.operator_gate = OperatorGate(lambda: self.settings.approval)
         self.changes = ChangeService(
             config, lambda: list(self.manager), self.child_events, self._record, self.instance_id,
-            refuse_reason=self._change_refusal, unrecoverable=self._unrecoverable,
+            refuse_reason=self._change_refusal, operator_gate=self.operator_gate, unrecoverable=self._unrecoverable,
             behaviour=BehaviourCheck(
                 self.gateway.call_internal, self.gateway.read_only_tools, lambda: self.gateway.settled, self.replay
             ),

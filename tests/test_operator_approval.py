@@ -19,6 +19,8 @@ from metasup_mcp import cli
 from metasup_mcp.approve_cli import run_decision
 from metasup_mcp.config import load_config
 from metasup_mcp.http_status import run_status_http
+from metasup_mcp.operator_gate import MAX_WRONG
+from metasup_mcp.reload import ReloadRefused, check_operator_token
 from metasup_mcp.status_cli import StatusTarget
 from metasup_mcp.supervisor import ChangeRequest, Supervisor
 from tests.safety_support import served_version, with_version, workspace_template
@@ -28,7 +30,7 @@ from tests.test_gateway_support import running, write_config
 pytestmark = pytest.mark.anyio
 
 APP = {"name": "app", "command": "python", "args": ["-u", "server.py"], "watch": ["server.py"]}
-TOKEN = "op-token-5d1c"
+TOKEN = "op-token-5d1c-93a0e7"
 
 
 @pytest.fixture
@@ -235,3 +237,20 @@ async def test_metasup_mcp_approve_sends_the_token_only_to_a_supervisor_that_pro
         code = await anyio.to_thread.run_sync(lambda: cli.main(["approve", held.id, "--config", str(path)]))
         assert code == 0 and sup.get_change(held.id).verdict == "applied"
         tg.cancel_scope.cancel()
+
+
+async def test_guessing_the_operator_token_at_one_door_closes_every_door_to_every_token(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A same-user child can reach the loopback endpoint: five wrong tokens there, and the right
+    one is refused too (at every door, MCP's reload included), so guessing never learns a hit."""
+    async with held_changes(tmp_path, monkeypatch) as (sup, url, (v2, _)):
+        approve = f"{url}/supervisor/changes/{v2}/approve"
+        for n in range(MAX_WRONG):
+            status, body = await anyio.to_thread.run_sync(post, approve, {"token": f"guess-{n:016d}"})
+            assert status == 403 and "operator token is wrong" in body["error"]
+        status, body = await anyio.to_thread.run_sync(post, approve, {"token": TOKEN})
+        assert status == 403 and "wrong operator tokens in the last 60 s" in body["error"]
+        with pytest.raises(ReloadRefused, match="every token is refused"):
+            check_operator_token(sup.operator_gate, TOKEN)
+        assert sup.get_change(v2).status == "pending_approval"

@@ -95,7 +95,7 @@ DESCRIPTIONS = {
         "any letter case, a folder covers what is below it, a glob without `/` matches a name at any depth."
     ),
     "ApprovalSettings.timeout": "An elicitation unanswered, or a change pending a human decision, after this is refused.",
-    "ApprovalSettings.operator_token_file": "A file holding the operator token (outside the workspace); else `METASUP_OPERATOR_TOKEN` in the supervisor's environment. Needed by approve_change, reload_config, approve_server.",
+    "ApprovalSettings.operator_token_file": "A file holding the operator token (outside the workspace); else `METASUP_OPERATOR_TOKEN` in the supervisor's environment. At least 16 characters. Needed by approve_change, reload_config, approve_server; 5 wrong tokens in a minute close all of them for up to a minute.",
     "SupervisorConfig.benchmark": "An optional performance metric, measured on each verified commit.",
     "SupervisorConfig.strategy": "How the evolution strategy is chosen, and how much one change may touch under each.",
     "SupervisorConfig.replay": "Replaying sampled read-only calls after each change, to catch changed behaviour.",

@@ -3,15 +3,13 @@
 `approval.mode` sets the rule (`auto`, `human`, `deny`); `approval.human_for` globs and the
 current strategy's limits (see `strategy`) can force a human. A human answers through MCP
 elicitation on the proposing client, or later with the operator token (`approve_change`,
-`metasup-mcp approve`, the dashboard). The token is compared in constant time and never
-stored beside the proposal, shown in status, logged or audited.
+`metasup-mcp approve`, the dashboard), checked by `metasup_mcp.operator_gate`.
 """
 
 from __future__ import annotations
 
 import difflib
 import hashlib
-import hmac
 import json
 import os
 import stat
@@ -21,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from metasup_mcp.config import OPERATOR_TOKEN_ENV, ApprovalSettings, StrategySettings
+from metasup_mcp.config import ApprovalSettings, StrategySettings
 from metasup_mcp.evolution.strategy import StrategyChoice, over_limits
 from metasup_mcp.safety.journal import atomic_write
 from metasup_mcp.safety.rules import FileChange, matches_pattern
@@ -142,29 +140,6 @@ def decide(
     if matched:
         return Decision("human", f"{', '.join(matched)} match approval.human_for", "policy:human_for")
     return Decision("approve", "approval mode is auto", "policy:auto")
-
-
-def operator_token(settings: ApprovalSettings) -> str | None:
-    """The operator token: `approval.operator_token_file` if set, else METASUP_OPERATOR_TOKEN."""
-    if settings.operator_token_file is not None:
-        try:
-            token = settings.operator_token_file.read_text().strip()
-        except OSError:
-            return None
-        return token or None
-    return os.environ.get(OPERATOR_TOKEN_ENV) or None
-
-
-def token_problem(settings: ApprovalSettings, given: str) -> str | None:
-    """Why `given` does not authorize an operator action; None if it does."""
-    expected = operator_token(settings)
-    if expected is None:
-        where = settings.operator_token_file or f"the {OPERATOR_TOKEN_ENV} environment variable"
-        return (f"no operator token is configured ({where} is unset or unreadable): set {OPERATOR_TOKEN_ENV} "
-                "in the supervisor's environment or approval.operator_token_file, then restart it")
-    if not hmac.compare_digest(given.encode(), expected.encode()):
-        return "the operator token is wrong"
-    return None
 
 
 @dataclass(frozen=True)

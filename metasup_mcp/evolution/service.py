@@ -17,7 +17,8 @@ from metasup_mcp.aio import blocking
 from metasup_mcp.children.child import ManagedChild
 from metasup_mcp.children.events import EventHub
 from metasup_mcp.config import Config
-from metasup_mcp.evolution.approval import PendingContent, token_problem
+from metasup_mcp.operator_gate import OperatorGate
+from metasup_mcp.evolution.approval import PendingContent
 from metasup_mcp.evolution.behaviour import BehaviourCheck
 from metasup_mcp.evolution.coordinator import Coordinator, Performance
 from metasup_mcp.evolution.performance import MetricStore, benchmark_files
@@ -55,6 +56,7 @@ class ChangeService:
         record: Recorder,
         instance_id: str,
         refuse_reason: Callable[[], str | None],
+        operator_gate: OperatorGate,
         behaviour: BehaviourCheck | None = None,
         unrecoverable: Callable[[str, str | None], None] = lambda reason, change_id: None,
     ) -> None:
@@ -66,6 +68,7 @@ class ChangeService:
         self._record = record
         self._instance_id = instance_id
         self._refuse_reason = refuse_reason
+        self._operator_gate = operator_gate
         self._unrecoverable = unrecoverable
         state = settings.state_dir
         assert state is not None  # load_config always resolves it
@@ -232,7 +235,7 @@ class ChangeService:
         assert self.pipeline is not None
         await self.pipeline.expire_pending()
         proposal = self.get(proposal_id)
-        problem = token_problem(self.settings.approval, token)
+        problem = self._operator_gate.problem(token)
         if problem is not None:
             self.audit.append("decision_refused", id=proposal_id, via=via, reason=problem)
             raise ApprovalRefused(f"cannot {'approve' if approve else 'reject'} {proposal_id}: {problem}")

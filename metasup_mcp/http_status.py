@@ -42,6 +42,7 @@ from starlette.routing import Route
 from metasup_mcp.config import StatusHttpSettings
 from metasup_mcp.evolution.service import ApprovalRefused, ChangeError
 from metasup_mcp.metrics import render_metrics
+from metasup_mcp.uvicorn_run import serve_until_cancelled
 
 logger = logging.getLogger(__name__)
 
@@ -378,7 +379,7 @@ async def run_status_http(
     )
     with sock:
         logger.info("status page at %s/ (JSON at %s/supervisor/status, metrics at %s/metrics)", url, url, url)
-        await _serve(server, sock, task_status, url)
+        await serve_until_cancelled(server, "status page", SHUTDOWN_GRACE, [sock], lambda: task_status.started(url))
 
 
 def _write_identity_key(path: Path, key: bytes) -> None:
@@ -390,36 +391,6 @@ def _write_identity_key(path: Path, key: bytes) -> None:
     with os.fdopen(fd, "w") as handle:
         handle.write(key.hex())
     os.replace(partial, path)
-
-
-async def _serve(server: uvicorn.Server, sock: socket.socket, task_status: TaskStatus[str | None], url: str) -> None:
-    """Run uvicorn shielded, so that a cancellation becomes a bounded graceful shutdown."""
-    done = anyio.Event()
-    shield = anyio.CancelScope(shield=True)
-
-    async def serve() -> None:
-        with shield:
-            try:
-                await server.serve(sockets=[sock])
-            except SystemExit:  # uvicorn's reaction to a failed startup
-                logger.warning("status page stopped: uvicorn could not start")
-            finally:
-                done.set()
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(serve)
-        task_status.started(url)
-        try:
-            await done.wait()
-        finally:
-            server.should_exit = True
-            with anyio.CancelScope(shield=True):
-                with anyio.move_on_after(SHUTDOWN_GRACE):
-                    await done.wait()
-                if not done.is_set():
-                    logger.warning("status page did not stop within %gs: cutting it off", SHUTDOWN_GRACE)
-                    server.force_exit = True
-                    shield.cancel()
 
 
 class QuietServer(uvicorn.Server):

@@ -16,6 +16,7 @@ from metasup_mcp.http_status import QuietServer, allowed_authorities, is_loopbac
 from metasup_mcp.mcp_server import SupervisorSurface
 from metasup_mcp.stdio import wire
 from metasup_mcp.supervisor import Supervisor, SupervisorError
+from metasup_mcp.uvicorn_run import serve_until_cancelled
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ async def serve_http(config: Config, args: argparse.Namespace) -> None:
             timeout_graceful_shutdown=HTTP_SHUTDOWN_GRACE,  # open SSE streams must not hold the exit
         ))
         logger.info("serving MCP over streamable HTTP at http://%s:%d/mcp", args.host, args.port)
-        await _serve_until_cancelled(uv)
+        await serve_until_cancelled(uv, "the MCP HTTP server", HTTP_SHUTDOWN_GRACE + 1)
         tg.cancel_scope.cancel()
 
 
@@ -89,31 +90,3 @@ async def reload_on_sighup(supervisor: Supervisor) -> None:
                 logger.error("reload refused: %s", exc)
                 continue
             logger.info("reload %s: %s", result["verdict"], result["diff"])
-
-
-async def _serve_until_cancelled(uv: uvicorn.Server) -> None:
-    """uvicorn until it stops or we are cancelled (SIGTERM); a cancellation becomes a bounded
-    graceful shutdown, so its lifespan ends cleanly instead of dying with a traceback."""
-    done = anyio.Event()
-    shield = anyio.CancelScope(shield=True)
-
-    async def run() -> None:
-        with shield:
-            try:
-                await uv.serve()
-            finally:
-                done.set()
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(run)
-        try:
-            await done.wait()
-        finally:
-            uv.should_exit = True
-            with anyio.CancelScope(shield=True):
-                with anyio.move_on_after(HTTP_SHUTDOWN_GRACE + 1):
-                    await done.wait()
-                if not done.is_set():
-                    logger.warning("the MCP HTTP server did not stop in time: cutting it off")
-                    uv.force_exit = True
-                    shield.cancel()

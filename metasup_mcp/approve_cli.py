@@ -19,27 +19,21 @@ from pathlib import Path
 from typing import TextIO
 
 from metasup_mcp.config import OPERATOR_TOKEN_ENV, ConfigError, load_config
-from metasup_mcp.status_cli import TOKEN_ENV, StatusTarget
+from metasup_mcp.operator_gate import operator_token
+from metasup_mcp.status_cli import StatusTarget
 
 DECISION_TIMEOUT = 600.0  # an approved change is applied and verified before the answer comes
 
 
 def operator_token_for(config_path: Path) -> str | None:
-    token = os.environ.get(OPERATOR_TOKEN_ENV)
-    if token:
-        return token
-    if not config_path.is_file():
-        return None
-    try:
-        token_file = load_config(config_path).supervisor.approval.operator_token_file
-    except ConfigError:
-        return None
-    if token_file is None:
-        return None
-    try:
-        return token_file.read_text().strip() or None
-    except OSError:
-        return None
+    """The operator token as the config's supervisor finds it (its token file, else the variable);
+    the variable alone when there is no usable config."""
+    if config_path.is_file():
+        try:
+            return operator_token(load_config(config_path).supervisor.approval)
+        except ConfigError:
+            pass
+    return os.environ.get(OPERATOR_TOKEN_ENV) or None
 
 
 def run_decision(
@@ -57,12 +51,9 @@ def run_decision(
         problem = _not_the_supervisor(base, identity_key, target)
         if problem is not None:
             return _fail(verb, f"{problem}; the operator token was not sent")
-    url = f"{base}/supervisor/changes/{urllib.parse.quote(proposal_id, safe='')}/{verb}"
     body = json.dumps({"token": operator_token, "note": note}).encode()
-    request = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": "application/json"})
-    status_token = target.token or os.environ.get(TOKEN_ENV)
-    if status_token:
-        request.add_header("Authorization", f"Bearer {status_token}")
+    request = target.request(f"/supervisor/changes/{urllib.parse.quote(proposal_id, safe='')}/{verb}", body,
+                             {"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=DECISION_TIMEOUT) as response:
             result = json.loads(response.read())
@@ -96,10 +87,7 @@ def _not_the_supervisor(base: str, key: bytes, target: StatusTarget) -> str | No
     from metasup_mcp.http_status import identity_proof
 
     nonce = secrets.token_hex(16)
-    request = urllib.request.Request(f"{base}/supervisor/identity?nonce={nonce}")
-    status_token = target.token or os.environ.get(TOKEN_ENV)
-    if status_token:
-        request.add_header("Authorization", f"Bearer {status_token}")
+    request = target.request(f"/supervisor/identity?nonce={nonce}")
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             proof = json.loads(response.read()).get("proof", "")

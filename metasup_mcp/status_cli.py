@@ -35,6 +35,16 @@ class StatusTarget:
     note: str = ""  # added to the message when nothing answers
     config: Path | None = None  # the servers.yaml whose supervisor is expected to answer
 
+    def request(self, path: str, body: bytes | None = None, headers: dict[str, str] | None = None) -> urllib.request.Request:
+        """A request for `path` under this endpoint (a POST with `body`), with its bearer token
+        (`token`, else METASUP_STATUS_TOKEN) when there is one."""
+        request = urllib.request.Request(self.url.rstrip("/") + path, data=body, headers=headers or {},
+                                         method="POST" if body is not None else "GET")
+        token = self.token or os.environ.get(TOKEN_ENV)
+        if token:
+            request.add_header("Authorization", f"Bearer {token}")
+        return request
+
 
 def default_target(config_path: Path) -> StatusTarget:
     """Where servers.yaml says the status endpoint listens, or the default when there is no file."""
@@ -54,10 +64,7 @@ def default_target(config_path: Path) -> StatusTarget:
 def run_status(target: StatusTarget, as_json: bool = False, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     base = target.url.rstrip("/")
-    token = target.token or os.environ.get(TOKEN_ENV) or None
-    request = urllib.request.Request(f"{base}/supervisor/status", headers={"Accept": "application/json"})
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
+    request = target.request("/supervisor/status", headers={"Accept": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT) as response:
             document = json.loads(response.read())

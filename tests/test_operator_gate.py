@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from metasup_mcp.approve_cli import operator_token_for
 from metasup_mcp.config import ApprovalSettings
 from metasup_mcp.operator_gate import MAX_WRONG, MIN_LENGTH, WINDOW_S, OperatorGate
+from tests.test_gateway_support import write_config
 
 TOKEN = "k" * MIN_LENGTH
 
@@ -69,3 +71,16 @@ def test_a_token_file_is_read_at_each_check(tmp_path: Path, clock: Clock) -> Non
     assert "no operator token is configured" in (gate.problem(TOKEN) or "")
     token_file.write_text(TOKEN + "\n")
     assert gate.problem(TOKEN) is None
+
+
+def test_the_command_line_finds_the_token_where_the_configs_supervisor_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`metasup-mcp approve --config` with a token file configured sends the file's token, not a
+    stale variable left in the operator's shell."""
+    token_file = tmp_path / "operator.token"
+    token_file.write_text(TOKEN + "\n")
+    config = write_config(tmp_path, [], approval={"operator_token_file": str(token_file)})
+    monkeypatch.setenv("METASUP_OPERATOR_TOKEN", "stale-" + TOKEN)
+    assert operator_token_for(config) == TOKEN
+    assert operator_token_for(tmp_path / "absent.yaml") == "stale-" + TOKEN

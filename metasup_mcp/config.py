@@ -150,12 +150,25 @@ class ApprovalSettings(_Strict):
 
 
 class BenchmarkSettings(_Strict):
-    """A command run on each verified commit; the number on its last output line is the metric."""
+    """A command run on each verified commit. Its metric is the number on its last output line
+    (`metric: output`), or the seconds the supervisor timed it running (`metric: wall_time`):
+    code under test runs in the benchmark's process and could print a number of its own at exit;
+    it cannot change the supervisor's clock."""
 
     run: str | list[str]
     timeout: Duration = Field(60.0, gt=0)
     max_regression: Fraction = 0.10  # 10%: a metric worse than last good's by more is rolled back
+    metric: Literal["output", "wall_time"] = "output"
     higher_is_better: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _wall_time_is_lower_is_better(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("metric") == "wall_time":
+            if data.get("higher_is_better") is True:
+                raise ValueError("metric: wall_time is in seconds, lower is better: drop higher_is_better: true")
+            return {**data, "higher_is_better": False}
+        return data
 
 
 class StrategyLimits(_Strict):

@@ -163,3 +163,31 @@ def test_lines_that_look_like_diff_headers_are_counted_too(tmp_path: Path) -> No
     (tmp_path / "q.sql").write_text("-- old\n--- older\nselect 1;\n")
     diff, _ = summarize(tmp_path, [FileChange("q.sql", "++x\n+++ y\nselect 1;\n")])
     assert (diff.added, diff.removed) == (2, 2)
+
+
+async def test_a_change_cannot_print_its_way_past_a_wall_time_benchmark(tmp_path: Path) -> None:
+    """The code under test runs in the benchmark's process: with `metric: output` an atexit hook
+    could print a number of its own last; `wall_time` is the supervisor's clock around the command."""
+    path = write_config(
+        tmp_path, [APP], workspace_template=scored_workspace(tmp_path),
+        benchmark={"run": ["python", "bench.py"], "timeout": "20s", "max_regression": "50%", "metric": "wall_time"},
+    )
+    sup = Supervisor(load_config(path))
+    boasting_and_slow = (
+        "import atexit, time\nSCORE = 10**9\ntime.sleep(1.5)\natexit.register(print, 'ops/s: 1e-9')\n"
+    )
+    async with sup.running(autostart=False):
+        same = await sup.propose_change(score(101))
+        slow = await sup.propose_change(ChangeRequest("faster, it says", changes=[{"path": "score.py", "content": boasting_and_slow}]))
+    assert same.verdict == "applied" and same.metric is not None and same.metric < 1.5
+    assert slow.verdict == "rolled_back" and slow.trigger == "regression"
+    assert slow.metric is None or slow.metric >= 1.5
+    assert "worse than last good's" in slow.reasons[-1]
+
+
+def test_a_wall_time_benchmark_is_lower_is_better_and_says_so_when_told_otherwise(tmp_path: Path) -> None:
+    timed = load_config(write_config(tmp_path, [], benchmark={"run": "x", "metric": "wall_time"})).supervisor.benchmark
+    assert timed is not None and timed.higher_is_better is False
+    contradicted = write_config(tmp_path, [], benchmark={"run": "x", "metric": "wall_time", "higher_is_better": True})
+    with pytest.raises(ConfigError, match="wall_time is in seconds, lower is better"):
+        load_config(contradicted)

@@ -78,7 +78,12 @@ class Coordinator:
         # same size within a second would be measured on the old code. A fresh cache each run.
         with tempfile.TemporaryDirectory(prefix="metasup-bench-") as cache:
             (outcome,) = await run_checks([spec], root, [], {**env, "PYTHONPYCACHEPREFIX": cache}, self.sandbox)
-        metric = parse_metric(outcome.output_tail) if outcome.ok else None
+        if not outcome.ok:
+            metric = None
+        elif bench.metric == "wall_time":
+            metric = outcome.duration_s
+        else:
+            metric = parse_metric(outcome.output_tail)
         if metric is not None:
             self.metrics.put(commit, metric)
         return metric, outcome.output_tail
@@ -90,7 +95,8 @@ class Coordinator:
         baseline = self.metrics.get(baseline_commit)
         metric, output = await self.measure_commit(commit, root, env)
         if metric is None:
-            why = f"the benchmark gave no number on its last output line:\n{output[-1000:]}"
+            why = (f"the benchmark failed:\n{output[-1000:]}" if self.settings.benchmark.metric == "wall_time"
+                   else f"the benchmark gave no number on its last output line:\n{output[-1000:]}")
             return BenchmarkOutcome(None, baseline, None, output, why)
         if baseline is None:
             return BenchmarkOutcome(metric, None, None, output, None)

@@ -350,6 +350,7 @@ class SupervisorConfig(_Strict):
     protected_paths: list[str] = ["servers.yaml", "config/safety_rules.yaml", ".git/"]
     sandbox: Literal["auto", "required", "off"] = "auto"
     readonly_paths: list[str] = []
+    hidden_paths: list[str] = []  # what children and checks must not read (`~` is the user's home)
     check_inputs: list[str] | None = None
     writable_paths: list[str] = []
     safety_rules_file: Path | None = None
@@ -509,6 +510,13 @@ def _resolve_paths(config: Config, base: Path, source: Path) -> Config:
             f"supervisor.approval.operator_token_file: {token_file} lies inside the workspace; "
             "keep the operator token outside it (or use METASUP_OPERATOR_TOKEN)"
         ])
+    for entry in sup.hidden_paths:
+        hidden = (workspace / Path(entry).expanduser()).resolve()
+        if workspace.is_relative_to(hidden):
+            raise ConfigError(source, [
+                f"supervisor.hidden_paths: {entry} ({hidden}) holds the workspace, and children must see their own "
+                "code: hide the folders beside it instead (e.g. ~/.ssh, ~/.aws)"
+            ])
     return config.model_copy(update={"supervisor": resolved})
 
 

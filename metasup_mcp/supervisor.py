@@ -582,7 +582,9 @@ def _sandbox_for(config: Config) -> SandboxPlan:
     settings = config.supervisor
     readonly = [*settings.readonly_paths, *([settings.safety_rules_file] if settings.safety_rules_file else [])]
     token = settings.approval.operator_token_file
-    protected = protected_paths(settings.workspace, settings.state_dir, config.source, readonly, [token] if token else [])
+    protected = protected_paths(
+        settings.workspace, settings.state_dir, config.source, readonly, [token] if token else [], settings.hidden_paths
+    )
     try:
         return plan_sandbox(settings.sandbox, protected)
     except SandboxUnavailable as exc:

@@ -163,3 +163,30 @@ def test_the_sandbox_key_takes_auto_required_or_off_and_names_itself_otherwise(t
     assert parsed.supervisor.sandbox == "required" and parsed.supervisor.readonly_paths == ["vendor/"]
     with pytest.raises(ConfigError, match=r"supervisor.sandbox \(line 2\)"):
         parse_config("supervisor:\n  sandbox: maybe\n", tmp_path / "s.yaml")
+
+
+@needs_bwrap
+def test_hidden_paths_keep_the_users_own_secrets_from_children_and_a_path_holding_the_workspace_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from metasup_mcp.config import ConfigError, parse_config
+
+    home, ws = tmp_path / "home", tmp_path / "home" / "project"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "id_ed25519").write_text("PRIVATE KEY\n")
+    (home / ".netrc").write_text("machine x password y\n")
+    (ws / ".git").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    plan = plan_sandbox("required", protected_paths(ws, tmp_path / "state", None, hidden_paths=["~/.ssh", "~/.netrc"]))
+    assert plan.describe()["hidden"][-2:] == [str(home / ".ssh"), str(home / ".netrc")]
+    script = (
+        "import pathlib\n"
+        "print(sorted(p.name for p in pathlib.Path.home().joinpath('.ssh').iterdir()))\n"
+        "try:\n    print(repr(pathlib.Path.home().joinpath('.netrc').read_text()))\n"
+        "except OSError as e:\n    print(e.strerror)\n"
+    )
+    out = subprocess.run(wrap_argv(plan, [sys.executable, "-c", script], ws), cwd=ws, capture_output=True, text=True)
+    assert out.stdout.splitlines() in (["[]", "''"], ["[]", "Permission denied"]), out
+    assert (home / ".ssh" / "id_ed25519").read_text() == "PRIVATE KEY\n"
+    with pytest.raises(ConfigError, match=r"hidden_paths: ~ .* holds the workspace"):
+        parse_config(f"supervisor:\n  workspace: {ws}\n  hidden_paths: ['~']\n", tmp_path / "s.yaml")

@@ -90,22 +90,27 @@ def protected_paths(
     config_file: Path | None,
     readonly_paths: Iterable[str | Path] = (),
     secret_files: Iterable[Path] = (),
+    hidden_paths: Iterable[str | Path] = (),
 ) -> Protected:
     """The operator-owned paths: `.git`, config, package, interpreter and `readonly_paths` read-only;
-    the state folder and `secret_files` (the operator token) hidden. Relative `readonly_paths` are
-    taken from the workspace."""
+    the state folder, `secret_files` (the operator token) and `hidden_paths` (the user's own
+    secrets: `~/.ssh`...) hidden. Relative entries are taken from the workspace, `~` expanded."""
     readonly = [workspace / ".git", PACKAGE_DIR, Path(sys.prefix)]
     if config_file is not None:
         readonly.append(config_file)
-    for entry in readonly_paths:
-        path = Path(entry)
-        readonly.append(path if path.is_absolute() else workspace / path)
+    readonly.extend(_from_workspace(workspace, entry) for entry in readonly_paths)
     ws = _resolved(workspace)
     # A path that holds the workspace cannot be frozen or hidden without freezing the workspace too.
     unique = tuple(dict.fromkeys(p for p in map(_resolved, readonly) if not ws.is_relative_to(p)))
     state = _resolved(state_dir)
     hidden = ([] if ws.is_relative_to(state) else [state]) + [_resolved(p) for p in secret_files]
-    return Protected(readonly=unique, hidden=tuple(hidden))
+    hidden += [p for p in (_resolved(_from_workspace(workspace, e)) for e in hidden_paths) if not ws.is_relative_to(p)]
+    return Protected(readonly=unique, hidden=tuple(dict.fromkeys(hidden)))
+
+
+def _from_workspace(workspace: Path, entry: str | Path) -> Path:
+    path = Path(entry).expanduser()
+    return path if path.is_absolute() else workspace / path
 
 
 def plan_sandbox(mode: SandboxMode, protected: Protected) -> SandboxPlan:

@@ -61,6 +61,7 @@ DESCRIPTIONS = {
     "SupervisorConfig.writable_paths": "When set, changes may only write under these paths.",
     "SupervisorConfig.safety_rules_file": "YAML list of content rules `[{paths: glob, deny: regex, message}]` every change is checked against.",
     "SupervisorConfig.sandbox": "Isolation of children and checks: `auto` runs them in bubblewrap where the OS allows (else the reaper and detection, said in status), `required` refuses to start without it, `off` runs without. See docs/isolation.md.",
+    "SupervisorConfig.hidden_paths": "Paths children and checks must not read, e.g. `[~/.ssh, ~/.aws, ~/.gnupg]` (relative to the workspace, absolute, or under `~`): an empty folder or file in the sandbox; needs bubblewrap (see docs/isolation.md). A path holding the workspace is refused.",
     "SupervisorConfig.readonly_paths": "More paths (relative to the workspace, or absolute) children and checks may read but never write (kernel-enforced in the sandbox).",
     "SupervisorConfig.check_inputs": "Globs of files whose change needs a human approval because they decide what the checks test. Unset: `tests/`, `test/`, `conftest.py` anywhere, the runner's config when a check runs pytest, and the files the checks' commands name.",
     "SupervisorConfig.max_file_bytes": "Largest file a change may write, in bytes. `max_files × max_file_bytes` must stay within 32 MiB, half the wire's message limit.",

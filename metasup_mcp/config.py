@@ -29,6 +29,9 @@ _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 WIRE_MESSAGE_BYTES = 64 * 1024 * 1024
 CHANGE_SET_BUDGET = WIRE_MESSAGE_BYTES // 2
 OPERATOR_TOKEN_ENV = "METASUP_OPERATOR_TOKEN"
+# The operator and status tokens: shorter ones could be walked through, however slowly guesses go.
+MIN_TOKEN_LENGTH = 16
+HOW_TO_MAKE_A_TOKEN = "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 # Commands that mean "the interpreter running the supervisor", so that example children can
 # import the same `mcp` package without the user activating a virtualenv first.
@@ -213,6 +216,14 @@ class StatusHttpSettings(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(9000, ge=0, le=65535)
     token: str | None = None
+
+    @field_validator("token")
+    @classmethod
+    def _long_enough_to_resist_guessing(cls, token: str | None) -> str | None:
+        if token is not None and len(token) < MIN_TOKEN_LENGTH:
+            raise ValueError(f"is {len(token)} characters, fewer than {MIN_TOKEN_LENGTH}: use a random one "
+                             f"({HOW_TO_MAKE_A_TOKEN})")
+        return token
 
 
 class ToolFilter(_Strict):

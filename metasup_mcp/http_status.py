@@ -20,6 +20,7 @@ import hmac
 import ipaddress
 import json
 import logging
+import math
 import os
 import secrets
 import socket
@@ -42,6 +43,7 @@ from starlette.routing import Route
 from metasup_mcp.config import StatusHttpSettings
 from metasup_mcp.evolution.service import ApprovalRefused, ChangeError
 from metasup_mcp.metrics import render_metrics
+from metasup_mcp.operator_gate import MAX_WRONG, WINDOW_S, GuessWindow
 from metasup_mcp.uvicorn_run import serve_until_cancelled
 
 logger = logging.getLogger(__name__)
@@ -208,13 +210,27 @@ def build_app(
 
         return decide
 
+    guesses: dict[str, GuessWindow] = {}  # by client address: a remote guesser cannot lock the others out
+
     def guarded(endpoint: Endpoint, page: bool = False) -> Endpoint:
         async def handle(request: Request) -> Response:
             if (foreign := foreign_request(request.headers, allowed_hosts)) is not None:
                 return _json({"error": foreign[1]}, status=foreign[0])
-            if token is not None and not _authorized(request, token, allow_query=page):
-                return _json({"error": "unauthorized: send the status_http token as 'Authorization: Bearer <token>'"},
-                             status=401, headers={"WWW-Authenticate": 'Bearer realm="metasup"'})
+            if token is not None:
+                client = request.client.host if request.client else ""
+                if (window := guesses.get(client)) is not None and (wait := window.closed_for()):
+                    return _json({"error": f"{MAX_WRONG} wrong status tokens from {client} in {WINDOW_S:.0f} s: "
+                                           f"try again in {wait:.0f} s"},
+                                 status=429, headers={"Retry-After": str(math.ceil(wait))})
+                if (given := _presented_token(request, allow_query=page)) is None or not hmac.compare_digest(
+                    given.encode(), token.encode()
+                ):
+                    if given is not None:  # a guess; no token at all is a first visit
+                        _count_wrong(guesses, client)
+                    return _json(
+                        {"error": "unauthorized: send the status_http token as 'Authorization: Bearer <token>'"},
+                        status=401, headers={"WWW-Authenticate": 'Bearer realm="metasup"'},
+                    )
             try:
                 return await endpoint(request)
             except _BadRequest as exc:
@@ -300,11 +316,19 @@ async def _json_body(request: Request) -> dict[str, Any]:
     return body
 
 
-def _authorized(request: Request, token: str, allow_query: bool) -> bool:
+def _count_wrong(guesses: dict[str, GuessWindow], client: str, keep: int = 1024) -> None:
+    if len(guesses) >= keep:  # bounded: forget the addresses that are not locked out
+        for address in [a for a, window in guesses.items() if not window.closed_for()]:
+            del guesses[address]
+    guesses.setdefault(client, GuessWindow()).wrong()
+
+
+def _presented_token(request: Request, allow_query: bool) -> str | None:
+    """The bearer token the request carries (the page may carry it as `?token=`), None if none."""
     scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer":
-        given = request.query_params.get("token", "") if allow_query else ""
-    return hmac.compare_digest(given.strip().encode(), token.encode())
+    if scheme.lower() == "bearer":
+        return given.strip()
+    return request.query_params.get("token") if allow_query else None
 
 
 @functools.cache

@@ -9,7 +9,7 @@ sandbox can reach the loopback status endpoint) could otherwise try tokens as fa
 After `MAX_WRONG` wrong tokens within `WINDOW_S`, the gate refuses every token, the right one
 included (else the guesser would learn when it hit), until the oldest of them leaves the window.
 This is sshd's `MaxAuthTries` per window rather than per connection: the guesser can delay the
-operator by at most a minute at a time, never get in. A token shorter than `MIN_LENGTH`
+operator by at most a minute at a time, never get in. A token shorter than `MIN_TOKEN_LENGTH`
 characters is refused outright, so a short password cannot be walked through over days.
 """
 
@@ -21,12 +21,10 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from metasup_mcp.config import OPERATOR_TOKEN_ENV, ApprovalSettings
+from metasup_mcp.config import HOW_TO_MAKE_A_TOKEN, MIN_TOKEN_LENGTH, OPERATOR_TOKEN_ENV, ApprovalSettings
 
 MAX_WRONG = 5
 WINDOW_S = 60.0
-MIN_LENGTH = 16
-HOW_TO_MAKE_ONE = "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
 
 
 def operator_token(settings: ApprovalSettings) -> str | None:
@@ -40,6 +38,24 @@ def operator_token(settings: ApprovalSettings) -> str | None:
     return os.environ.get(OPERATOR_TOKEN_ENV) or None
 
 
+class GuessWindow:
+    """Wrong guesses within the last `WINDOW_S` seconds; `closed_for()` is how long every guess is
+    refused (0.0: open), after `MAX_WRONG` of them."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._wrong: deque[float] = deque()
+
+    def closed_for(self) -> float:
+        now = self._clock()
+        while self._wrong and now - self._wrong[0] >= WINDOW_S:
+            self._wrong.popleft()
+        return WINDOW_S - (now - self._wrong[0]) if len(self._wrong) >= MAX_WRONG else 0.0
+
+    def wrong(self) -> None:
+        self._wrong.append(self._clock())
+
+
 class OperatorGate:
     """Checks operator tokens for one supervisor; `problem(given)` is None when `given` may act.
 
@@ -48,16 +64,11 @@ class OperatorGate:
 
     def __init__(self, settings: Callable[[], ApprovalSettings], clock: Callable[[], float] = time.monotonic) -> None:
         self._settings = settings
-        self._clock = clock
-        self._wrong: deque[float] = deque()
+        self._guesses = GuessWindow(clock)
 
     def problem(self, given: str) -> str | None:
         """Why `given` does not authorize an operator action (a sentence naming what to do), or None."""
-        now = self._clock()
-        while self._wrong and now - self._wrong[0] >= WINDOW_S:
-            self._wrong.popleft()
-        if len(self._wrong) >= MAX_WRONG:
-            wait = WINDOW_S - (now - self._wrong[0])
+        if wait := self._guesses.closed_for():
             return (f"{MAX_WRONG} wrong operator tokens in the last {WINDOW_S:.0f} s: every token is refused for "
                     f"{wait:.0f} s more (if that was not you, something is guessing it: see decision_refused in "
                     "the audit log)")
@@ -67,11 +78,11 @@ class OperatorGate:
             where = settings.operator_token_file or f"the {OPERATOR_TOKEN_ENV} environment variable"
             return (f"no operator token is configured ({where} is unset or unreadable): set {OPERATOR_TOKEN_ENV} "
                     "in the supervisor's environment or approval.operator_token_file, then restart it")
-        if len(expected) < MIN_LENGTH:
-            return (f"the configured operator token is {len(expected)} characters, fewer than {MIN_LENGTH}: "
-                    f"replace it with a random one ({HOW_TO_MAKE_ONE}); a token file is read at each check, "
+        if len(expected) < MIN_TOKEN_LENGTH:
+            return (f"the configured operator token is {len(expected)} characters, fewer than {MIN_TOKEN_LENGTH}: "
+                    f"replace it with a random one ({HOW_TO_MAKE_A_TOKEN}); a token file is read at each check, "
                     f"{OPERATOR_TOKEN_ENV} when the supervisor starts")
         if not hmac.compare_digest(given.encode(), expected.encode()):
-            self._wrong.append(now)
+            self._guesses.wrong()
             return "the operator token is wrong"
         return None

@@ -117,10 +117,10 @@ async def test_the_page_refreshes_itself_and_shows_an_emergency(
         answers.append(limit)
         return [] if len(answers) == 1 else [proposal]
 
-    async with serve(servers=["alpha"], token="s3cret") as (supervisor, url):
+    async with serve(servers=["alpha"], token="s3cret-status-token") as (supervisor, url):
         await supervisor.emergency_stop("operator pressed the button")
         monkeypatch.setattr(supervisor, "list_changes", list_changes)
-        dom = await rendered_dom(f"{url}/?token=s3cret", tmp_path / "profile")
+        dom = await rendered_dom(f"{url}/?token=s3cret-status-token", tmp_path / "profile")
     assert len(answers) >= 2
     [change] = marked(dom).all("data-change")
     assert change["data-verdict"] == "rolled_back"
@@ -131,6 +131,6 @@ async def test_the_page_refreshes_itself_and_shows_an_emergency(
 
 
 async def test_without_its_token_the_page_is_refused(serve: Serve, tmp_path: Path) -> None:
-    async with serve(servers=["alpha"], token="s3cret") as (supervisor, url):
+    async with serve(servers=["alpha"], token="s3cret-status-token") as (supervisor, url):
         dom = await rendered_dom(f"{url}/", tmp_path / "profile")
     assert "unauthorized" in dom and "data-server" not in dom

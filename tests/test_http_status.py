@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from metasup_mcp.config import StatusHttpSettings
 from metasup_mcp.evolution.requests import ChangeRequest
 from metasup_mcp.http_status import bind_refusal, human_duration, run_status_http
+from metasup_mcp.operator_gate import MAX_WRONG
 from metasup_mcp.supervisor import Supervisor
 from tests.http_status_support import Serve, status_config, serve, until  # noqa: F401 (serve: fixture)
 
@@ -177,22 +178,32 @@ async def test_gateway_latency_is_absent_when_the_gateway_has_no_figures(
 
 async def test_a_token_is_required_by_every_endpoint_once_set(serve: Serve) -> None:
     paths = ["/", "/supervisor/status", "/supervisor/changes", "/supervisor/events", "/metrics"]
-    async with serve(servers=["alpha"], token="s3cret") as (supervisor, url):
+    async with serve(servers=["alpha"], token="s3cret-status-token") as (supervisor, url):
         without = [(await get(url + p)).status_code for p in paths]
-        wrong = [(await get(url + p, token="guess")).status_code for p in paths]
-        with_token = [(await get(url + p, token="s3cret")).status_code for p in paths]
-        page_by_query = await get(f"{url}/?token=s3cret")
-        json_by_query = await get(f"{url}/supervisor/status?token=s3cret")
-    assert without == wrong == [401] * 5
+        wrong = [(await get(url + p, token="guess")).status_code for p in paths[: MAX_WRONG - 1]]
+        with_token = [(await get(url + p, token="s3cret-status-token")).status_code for p in paths]
+        page_by_query = await get(f"{url}/?token=s3cret-status-token")
+        json_by_query = await get(f"{url}/supervisor/status?token=s3cret-status-token")
+    assert without == [401] * 5 and wrong == [401] * (MAX_WRONG - 1)
     assert with_token == [200] * 5
     assert page_by_query.status_code == 200 and "<title>metasup-mcp</title>" in page_by_query.text
     assert json_by_query.status_code == 401  # only the page takes it from the address; the rest need the header
 
 
+async def test_guessing_the_status_token_locks_that_address_out_for_a_minute(serve: Serve) -> None:
+    async with serve(servers=["alpha"], token="s3cret-status-token") as (supervisor, url):
+        first_visits = [(await get(url + "/")).status_code for _ in range(MAX_WRONG + 1)]  # no token: no guess
+        guesses = [(await get(url + "/supervisor/status", token=f"guess-{n}")).status_code for n in range(MAX_WRONG)]
+        locked = await get(url + "/supervisor/status", token="s3cret-status-token")
+    assert first_visits == [401] * (MAX_WRONG + 1) and guesses == [401] * MAX_WRONG
+    assert locked.status_code == 429 and 0 < int(locked.headers["retry-after"]) <= 60
+    assert "wrong status tokens from 127.0.0.1" in locked.json()["error"]
+
+
 def test_a_host_reachable_from_other_machines_needs_a_token() -> None:
     assert "token" in (bind_refusal(StatusHttpSettings(host="0.0.0.0")) or "")
     assert bind_refusal(StatusHttpSettings(host="example.org")) is not None
-    assert bind_refusal(StatusHttpSettings(host="0.0.0.0", token="t")) is None
+    assert bind_refusal(StatusHttpSettings(host="0.0.0.0", token="t" * 16)) is None
     for loopback in ("127.0.0.1", "127.0.0.2", "::1", "localhost"):
         assert bind_refusal(StatusHttpSettings(host=loopback)) is None
 

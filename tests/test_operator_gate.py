@@ -8,7 +8,8 @@ import pytest
 
 from metasup_mcp.approve_cli import operator_token_for
 from metasup_mcp.config import ApprovalSettings
-from metasup_mcp.operator_gate import MAX_WRONG, MIN_LENGTH, WINDOW_S, OperatorGate
+from metasup_mcp.config import MIN_TOKEN_LENGTH as MIN_LENGTH
+from metasup_mcp.operator_gate import MAX_WRONG, WINDOW_S, OperatorGate
 from tests.test_gateway_support import write_config
 
 TOKEN = "k" * MIN_LENGTH

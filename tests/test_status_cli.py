@@ -64,13 +64,13 @@ async def test_json_prints_the_status_document(serve: Serve, capsys: pytest.Capt
 async def test_the_url_and_token_default_to_servers_yaml(
     tmp_path: Path, serve: Serve, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    async with serve(servers=["alpha"], token="s3cret") as (supervisor, url):
+    async with serve(servers=["alpha"], token="s3cret-status-token") as (supervisor, url):
         port = int(url.rsplit(":", 1)[1])
         config = tmp_path / "servers.yaml"
-        config.write_text(yaml.safe_dump({"supervisor": {"status_http": {"port": port, "token": "s3cret"}}}))
+        config.write_text(yaml.safe_dump({"supervisor": {"status_http": {"port": port, "token": "s3cret-status-token"}}}))
         assert await status_command("--config", str(config)) == 0
         assert await status_command("--url", url) == 1
-        assert await status_command("--url", url, "--token", "s3cret") == 0
+        assert await status_command("--url", url, "--token", "s3cret-status-token") == 0
     captured = capsys.readouterr()
     assert len(re.findall(r"^alpha +running ", captured.out, re.MULTILINE)) == 2
     assert "wants its token: pass --token or set METASUP_STATUS_TOKEN" in captured.err
@@ -79,9 +79,9 @@ async def test_the_url_and_token_default_to_servers_yaml(
 def test_default_target_reads_status_http(tmp_path: Path) -> None:
     config = tmp_path / "servers.yaml"
     assert default_target(config).url == DEFAULT_URL  # no file
-    config.write_text(yaml.safe_dump({"supervisor": {"status_http": {"host": "0.0.0.0", "port": 9123, "token": "t"}}}))
+    config.write_text(yaml.safe_dump({"supervisor": {"status_http": {"host": "0.0.0.0", "port": 9123, "token": "t" * 16}}}))
     target = default_target(config)
-    assert (target.url, target.token) == ("http://127.0.0.1:9123", "t")
+    assert (target.url, target.token) == ("http://127.0.0.1:9123", "t" * 16)
     config.write_text(yaml.safe_dump({"supervisor": {"status_http": {"enabled": False, "port": 9124}}}))
     assert "status_http.enabled: false" in default_target(config).note
 

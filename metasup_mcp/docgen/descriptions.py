@@ -111,7 +111,7 @@ DESCRIPTIONS = {
     "StatusHttpSettings.enabled": "Serve the status endpoint, `/metrics` and the dashboard.",
     "StatusHttpSettings.host": "Address to bind; a non-loopback address needs `token`.",
     "StatusHttpSettings.port": "TCP port (0 picks a free one).",
-    "StatusHttpSettings.token": "Bearer token every endpoint then requires (the page also takes `?token=`).",
+    "StatusHttpSettings.token": "Bearer token every endpoint then requires (the page also takes `?token=`); at least 16 characters. 5 wrong tokens from one address in a minute: that address gets 429 until the minute has passed.",
     "ServerConfig.name": "Unique name; also the default namespace of its tools.",
     "ServerConfig.url": "A remote server's streamable HTTP endpoint, instead of `command`.",
     "ServerConfig.headers": "HTTP headers sent to `url`; `${VAR}` is taken from the supervisor's environment.",

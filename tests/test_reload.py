@@ -25,6 +25,7 @@ from tests.test_gateway_support import START, connected, fixture, running, write
 
 pytestmark = pytest.mark.anyio
 FAST = {"min_runtime": "0.5s"}
+OPERATOR_TOKEN = "op-secret-4b9e1c27"
 
 
 @pytest.fixture
@@ -106,11 +107,11 @@ async def test_the_reload_config_tool_needs_the_operator_token(tmp_path: Path, m
         await running(up.sup, "keep")
         refused = await up.session.call_tool("reload_config", {"token": "guess"})
         assert refused.is_error and "no operator token is configured" in refused.content[0].text
-        monkeypatch.setenv("METASUP_OPERATOR_TOKEN", "op-secret-4b9e1c27")
+        monkeypatch.setenv("METASUP_OPERATOR_TOKEN", OPERATOR_TOKEN)
         wrong = await up.session.call_tool("reload_config", {"token": "guess"})
         assert wrong.is_error and "the operator token is wrong" in wrong.content[0].text
         rewrite(tmp_path, [fixture("keep"), fixture("extra")])
-        done = await up.session.call_tool("reload_config", {"token": "op-secret-4b9e1c27"})
+        done = await up.session.call_tool("reload_config", {"token": OPERATOR_TOKEN})
         assert not done.is_error, done.content[0].text
         assert done.structured_content["verdict"] == "applied"
         assert done.content[0].text == "reload applied: added extra"
@@ -165,7 +166,7 @@ def test_the_diff_names_added_removed_changed_and_unchanged_servers() -> None:
 async def test_a_proposed_server_waits_for_the_operator_then_runs_and_lands_in_the_config(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("METASUP_OPERATOR_TOKEN", "op-secret-4b9e1c27")
+    monkeypatch.setenv("METASUP_OPERATOR_TOKEN", OPERATOR_TOKEN)
     async with connected(tmp_path, [fixture("keep")], **FAST) as up:
         await running(up.sup, "keep")
         config = tmp_path / "servers.yaml"
@@ -178,29 +179,35 @@ async def test_a_proposed_server_waits_for_the_operator_then_runs_and_lands_in_t
         assert "helper" not in up.sup.status()["servers"] and "helper" not in config.read_text()
         refused = await up.session.call_tool("approve_server", {"id": request["id"], "token": "agent-guess"})
         assert refused.is_error and "the operator token is wrong" in refused.content[0].text
-        own = await up.session.call_tool("approve_server", {"id": request["id"], "token": "op-secret-4b9e1c27"})
+        own = await up.session.call_tool("approve_server", {"id": request["id"], "token": OPERATOR_TOKEN})
         assert own.is_error and "this session proposed it" in own.content[0].text
 
-        approved = await ServerRequests(up.sup).approve(request["id"], "op-secret-4b9e1c27", "ok", who="operator-session")
+        approved = await ServerRequests(up.sup).approve(request["id"], OPERATOR_TOKEN, "ok", who="operator-session")
         assert approved["status"] == "applied", approved
         await running(up.sup, "helper")
         assert "- name: helper" in config.read_text() and config.read_text().startswith("# operator's notes\n")
         with pytest.raises(ReloadRefused, match="already applied"):
-            await ServerRequests(up.sup).approve(request["id"], "op-secret-4b9e1c27", "", who="operator-session")
+            await ServerRequests(up.sup).approve(request["id"], OPERATOR_TOKEN, "", who="operator-session")
+
+
+async def a_crashing_server_proposed(up: Any, tmp_path: Path) -> tuple[Path, str, str]:
+    """With `keep` running, a server that crashes on start proposed over MCP: the config file,
+    its text before, and the request id."""
+    await running(up.sup, "keep")
+    config = tmp_path / "servers.yaml"
+    before = config.read_text()
+    bad = fixture("bad", "--crash-on-start", "5")
+    proposed = await up.session.call_tool("propose_server", {"name": "bad", "command": "python", "args": bad["args"]})
+    return config, before, proposed.structured_content["id"]
 
 
 async def test_an_approved_server_that_fails_leaves_the_config_file_and_the_servers_as_they_were(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("METASUP_OPERATOR_TOKEN", "op-secret-4b9e1c27")
+    monkeypatch.setenv("METASUP_OPERATOR_TOKEN", OPERATOR_TOKEN)
     async with connected(tmp_path, [fixture("keep")], **FAST) as up:
-        await running(up.sup, "keep")
-        config = tmp_path / "servers.yaml"
-        before = config.read_text()
-        bad = fixture("bad", "--crash-on-start", "5")
-        proposed = await up.session.call_tool("propose_server", {"name": "bad", "command": "python", "args": bad["args"]})
-        request_id = proposed.structured_content["id"]
-        approved = await ServerRequests(up.sup).approve(request_id, "op-secret-4b9e1c27", "", who="operator-session")
+        config, before, request_id = await a_crashing_server_proposed(up, tmp_path)
+        approved = await ServerRequests(up.sup).approve(request_id, OPERATOR_TOKEN, "", who="operator-session")
         assert approved["status"] == "rolled_back" and "bad" in approved["reload"]["evidence"]
         assert config.read_text() == before and set(up.sup.status()["servers"]) == {"keep"}
         invalid = await up.session.call_tool("propose_server", {"name": "a__b", "command": "x"})
@@ -213,19 +220,14 @@ async def test_two_operators_approving_one_server_request_at_once_decide_it_once
     """The second approval is refused while the first runs its reload: otherwise its copy of the
     file (taken with the entry in it) would be written back after a rollback, and the file would
     name a server that does not run."""
-    monkeypatch.setenv("METASUP_OPERATOR_TOKEN", "op-secret-4b9e1c27")
+    monkeypatch.setenv("METASUP_OPERATOR_TOKEN", OPERATOR_TOKEN)
     async with connected(tmp_path, [fixture("keep")], **FAST) as up:
-        await running(up.sup, "keep")
-        config = tmp_path / "servers.yaml"
-        before = config.read_text()
-        bad = fixture("bad", "--crash-on-start", "5")
-        proposed = await up.session.call_tool("propose_server", {"name": "bad", "command": "python", "args": bad["args"]})
-        request_id = proposed.structured_content["id"]
+        config, before, request_id = await a_crashing_server_proposed(up, tmp_path)
         outcomes: list[str] = []
 
         async def approve(who: str) -> None:
             try:
-                outcomes.append((await ServerRequests(up.sup).approve(request_id, "op-secret-4b9e1c27", "", who=who))["status"])
+                outcomes.append((await ServerRequests(up.sup).approve(request_id, OPERATOR_TOKEN, "", who=who))["status"])
             except ReloadRefused as exc:
                 outcomes.append(str(exc))
 
@@ -243,18 +245,18 @@ async def test_a_server_request_cannot_hand_the_operator_token_to_a_child(
 ) -> None:
     """Approved unread, `${METASUP_OPERATOR_TOKEN}` (or a variable holding the same value) would give
     a child, and so the agent driving it, the power to approve its own changes."""
-    monkeypatch.setenv("METASUP_OPERATOR_TOKEN", "op-secret-4b9e1c27")
-    monkeypatch.setenv("INNOCENT_LOOKING", "op-secret-4b9e1c27")
+    monkeypatch.setenv("METASUP_OPERATOR_TOKEN", OPERATOR_TOKEN)
+    monkeypatch.setenv("INNOCENT_LOOKING", OPERATOR_TOKEN)
     async with connected(tmp_path, [fixture("keep")], **FAST) as up:
         for ref in ("${METASUP_OPERATOR_TOKEN}", "Bearer ${INNOCENT_LOOKING}"):
             asked = await up.session.call_tool(
                 "propose_server", {"name": "helper", "command": "python", "args": fixture("x")["args"], "env": {"T": ref}}
             )
             assert asked.is_error and "is the operator token, which no child may be given" in asked.content[0].text
-            assert "op-secret-4b9e1c27" not in asked.content[0].text
+            assert OPERATOR_TOKEN not in asked.content[0].text
             remote = await up.session.call_tool("propose_server", {"name": "r", "url": "http://127.0.0.1:1/mcp",
                                                                    "headers": {"Authorization": ref}})
-            assert remote.is_error and "op-secret-4b9e1c27" not in remote.content[0].text
+            assert remote.is_error and OPERATOR_TOKEN not in remote.content[0].text
         assert not (up.sup.settings.state_dir / "server_requests").exists() or not list(
             (up.sup.settings.state_dir / "server_requests").iterdir())
 
@@ -262,7 +264,7 @@ async def test_a_server_request_cannot_hand_the_operator_token_to_a_child(
 async def test_a_server_request_older_than_the_approval_timeout_cannot_be_approved(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("METASUP_OPERATOR_TOKEN", "op-secret-4b9e1c27")
+    monkeypatch.setenv("METASUP_OPERATOR_TOKEN", OPERATOR_TOKEN)
     async with connected(tmp_path, [fixture("keep")], approval={"timeout": "60s"}, **FAST) as up:
         config = tmp_path / "servers.yaml"
         before = config.read_text()
@@ -273,5 +275,5 @@ async def test_a_server_request_older_than_the_approval_timeout_cannot_be_approv
         aged = json.loads(stored.read_text())
         stored.write_text(json.dumps({**aged, "created_at": aged["created_at"] - 61}))  # a minute has passed
         with pytest.raises(ReloadRefused, match="expired"):
-            await ServerRequests(up.sup).approve(request_id, "op-secret-4b9e1c27", "", who="operator-session")
+            await ServerRequests(up.sup).approve(request_id, OPERATOR_TOKEN, "", who="operator-session")
         assert config.read_text() == before and "helper" not in up.sup.status()["servers"]

@@ -41,6 +41,7 @@ from anyio.abc import Process
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests" / "fixtures" / "child.py"
 INTERVAL, THRESHOLD, PROBE_TIMEOUT, STABLE_AFTER = 1.0, 3, 1.0, 2.0
+ROUNDS = 30  # call legs interleaved finely: a burst of load on the machine hits every leg
 
 
 class RawClient:
@@ -279,16 +280,16 @@ async def main(args: argparse.Namespace) -> None:
 
 
 async def time_calls(legs: dict[str, list[tuple[RawClient, str]]], calls: int) -> dict[str, list[float]]:
-    """Seconds per call of each leg (`calls` each, round-robin over the leg's targets), in 10
-    rounds with the legs interleaved and their order turned each round, after one untimed call
-    to every target."""
+    """Seconds per call of each leg (`calls` each, round-robin over the leg's targets), in
+    `ROUNDS` rounds with the legs interleaved and their order turned each round, after one
+    untimed call to every target."""
     for targets in legs.values():
         for client, tool in targets:
             await client.call(tool, {"text": "x"})
     times: dict[str, list[float]] = {leg: [] for leg in legs}
     cycles = {leg: itertools.cycle(targets) for leg, targets in legs.items()}
-    names, per_round = list(legs), max(1, calls // 10)
-    for round_ in range(10):
+    names, per_round = list(legs), max(1, calls // ROUNDS)
+    for round_ in range(ROUNDS):
         for leg in names[round_ % len(names):] + names[:round_ % len(names)]:
             for _ in range(per_round):
                 client, tool = next(cycles[leg])
@@ -331,5 +332,5 @@ if __name__ == "__main__":
     parser.add_argument("--children", type=int, default=50)
     parser.add_argument("--tools", type=int, default=20, help="tools per child (at least the fixture's 5)")
     parser.add_argument("--idle", type=float, default=10.0, help="seconds of idle CPU measurement")
-    parser.add_argument("--calls", type=int, default=1500, help="timed calls per leg, in 10 interleaved rounds")
+    parser.add_argument("--calls", type=int, default=1500, help="timed calls per leg, in 30 interleaved rounds")
     anyio.run(main, parser.parse_args())

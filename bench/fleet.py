@@ -1,7 +1,7 @@
 """What a fleet costs: 50 raw children x 20 tools behind one `metasup-mcp serve`, at a 1 s health
 interval, measured in one run beside a supervisor of one child.
 
-    .venv/bin/python bench/fleet.py [--children 50] [--tools 20] [--idle 10] [--calls 1500]
+    .venv/bin/python bench/fleet.py [--children 50] [--tools 20] [--idle 10] [--calls 3000]
 
 Printed, each with its target (issue: "performance at the limit"):
 - startup: `initialize` answered while children are still starting (how many were running);
@@ -332,5 +332,5 @@ if __name__ == "__main__":
     parser.add_argument("--children", type=int, default=50)
     parser.add_argument("--tools", type=int, default=20, help="tools per child (at least the fixture's 5)")
     parser.add_argument("--idle", type=float, default=10.0, help="seconds of idle CPU measurement")
-    parser.add_argument("--calls", type=int, default=1500, help="timed calls per leg, in 30 interleaved rounds")
+    parser.add_argument("--calls", type=int, default=3000, help="timed calls per leg, in 30 interleaved rounds")
     anyio.run(main, parser.parse_args())

@@ -156,7 +156,8 @@ class BenchmarkSettings(_Strict):
     """A command run on each verified commit. Its metric is the number on its last output line
     (`metric: output`), or the seconds the supervisor timed it running (`metric: wall_time`):
     code under test runs in the benchmark's process and could print a number of its own at exit;
-    it cannot change the supervisor's clock."""
+    it cannot change the supervisor's clock. A timed command should run long enough (half a second
+    or more) that process start-up on a loaded machine, tens of milliseconds, is a small share."""
 
     run: str | list[str]
     timeout: Duration = Field(60.0, gt=0)

@@ -25,6 +25,7 @@ import secrets
 import shutil
 import stat
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -132,6 +133,26 @@ def _by_size(entries: list[tuple[str, str, str, int]]) -> Iterator[list[tuple[st
         total += entry[3]
     if run:
         yield run
+
+
+WRITERS = 8  # files written at once: each waits on its own fsync, which a disk serves in batches
+
+
+def _write_one(root: Path, path: str, data: bytes, executable: bool) -> None:
+    with parent_dir(root, path, create=True) as (dir_fd, name):
+        write_at(dir_fd, name, data, executable=executable)
+
+
+def _write_files(root: Path, files: Sequence[tuple[str, bytes, bool]]) -> None:
+    """Write `(path, bytes, executable)` each atomically and durably (`write_at`), several at
+    once: a put-back of many files would otherwise wait for one disk flush after another."""
+    if len(files) < 2:
+        for path, data, executable in files:
+            _write_one(root, path, data, executable)
+        return
+    with ThreadPoolExecutor(max_workers=min(WRITERS, len(files)), thread_name_prefix="metasup-write") as pool:
+        for done in [pool.submit(_write_one, root, *file) for file in files]:
+            done.result()  # the first failure is raised, after every write has ended
 
 
 def _is_regular(path: Path) -> bool:
@@ -442,14 +463,14 @@ class Workspace(GitRepo):
         regular = [r for r in regular if not self._holds(r[2], r[0], r[1], r[3])]
         for run in _by_size(regular):
             out = self._git("cat-file", "--batch", input="".join(f"{sha}\n" for _, sha, _, _ in run).encode()).stdout
+            files: list[tuple[str, bytes, bool]] = []
             at = 0
             for mode, _, path, _ in run:
                 header_end = out.index(b"\n", at)
                 size = int(out[at:header_end].split()[2])
-                data = out[header_end + 1: header_end + 1 + size]
+                files.append((path, out[header_end + 1: header_end + 1 + size], mode == "100755"))
                 at = header_end + 1 + size + 1
-                with parent_dir(self.root, path, create=True) as (dir_fd, name):
-                    write_at(dir_fd, name, data, executable=mode == "100755")
+            _write_files(self.root, files)
         return [p for p in paths if p not in written]
 
     def _holds(self, path: str, mode: str, sha: str, size: int) -> bool:

@@ -28,7 +28,7 @@ _CHUNK = 1 << 20
 
 def blob_id(data: bytes, hex_length: int = 40) -> str:
     """The id git gives a blob of `data`: SHA-1, or SHA-256 in a repository whose ids are 64 hex long."""
-    digest = hashlib.sha256() if hex_length == 64 else hashlib.sha1()  # noqa: S324 (git's object id, not a secret)
+    digest = hashlib.sha256() if hex_length == 64 else hashlib.sha1()  # git's object id, not a secret
     digest.update(b"blob %d\0" % len(data))
     digest.update(data)
     return digest.hexdigest()
@@ -50,7 +50,7 @@ def disk_entry(root: Path, rel: str, hex_length: int = 40) -> DiskEntry:
                 done = os.fstat(fd)
                 if not stat.S_ISREG(done.st_mode) or done.st_ino != st.st_ino:
                     return OTHER  # swapped between the stat and the open
-                digest = hashlib.sha256() if hex_length == 64 else hashlib.sha1()  # noqa: S324
+                digest = hashlib.sha256() if hex_length == 64 else hashlib.sha1()
                 digest.update(b"blob %d\0" % done.st_size)
                 read = 0
                 while chunk := f.read(_CHUNK):

@@ -127,3 +127,15 @@ def test_the_same_hostile_config_does_run_under_plain_git(tmp_path: Path) -> Non
     subprocess.run(["git", "add", "app.py"], cwd=ws.root, check=True, env={**os.environ})
     subprocess.run(["git", "commit", "-qm", "x"], cwd=ws.root, check=True)
     assert "clean" in marker.read_text() and "default-hook" in marker.read_text()
+
+
+def test_a_git_call_that_hangs_is_killed_at_its_time_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from metasup_mcp.safety import gitcmd
+
+    repo = tmp_path / "repo"
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    os.mkfifo(tmp_path / "fifo")  # git blocks opening it: no writer ever comes
+    subprocess.run(["git", "config", "--file", str(repo / ".git" / "config"), "include.path", str(tmp_path / "fifo")], check=True)
+    monkeypatch.setattr(gitcmd, "GIT_TIMEOUT", 0.5)
+    with pytest.raises(gitcmd.WorkspaceError, match="did not finish within 0.5s"):
+        gitcmd.run_git(["status"], cwd=repo, env=gitcmd.git_env(repo / ".git", repo))

@@ -36,8 +36,9 @@ def parent_dir(root: Path, rel: str, *, create: bool) -> Iterator[tuple[int, str
             except FileNotFoundError:
                 if not create:
                     raise
-                os.mkdir(part, dir_fd=fd)
-                os.fsync(fd)
+                with contextlib.suppress(FileExistsError):  # another writer of this batch made it
+                    os.mkdir(part, dir_fd=fd)
+                    os.fsync(fd)
                 nxt = os.open(part, flags, dir_fd=fd)
             if fd != root_fd:
                 os.close(fd)

@@ -78,6 +78,13 @@ class GitRepo:
             raise WorkspaceError(f"{rev!r} is not a commit in {self.root}", returncode=proc.returncode)
         return proc.stdout.decode().strip()
 
+    def _peeled(self, rev: str) -> str:
+        """`rev` as update-ref's new value: peeled to a commit by git itself (a tree, a blob or an
+        unknown name fails the update), which spares a `rev-parse` process."""
+        if not rev or rev.startswith("-"):
+            raise ValueError(f"not a commit: {rev!r}")
+        return f"{rev}^{{commit}}"
+
     def _commit_tree(self, tree: str, parents: Sequence[str], message: str) -> str:
         args = ["commit-tree", "--no-gpg-sign", tree]
         for parent in parents:
@@ -153,7 +160,7 @@ class GitRepo:
         if not _REF_ID.fullmatch(proposal_id) or ".." in proposal_id or proposal_id.endswith((".", ".lock")):
             raise ValueError(f"proposal id {proposal_id!r} cannot be a ref name")
         ref = REF_REJECTED + proposal_id
-        self._git("update-ref", ref, self._resolve(commit))
+        self._git("update-ref", ref, self._peeled(commit))
         return ref
 
     @mapped

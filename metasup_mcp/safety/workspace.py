@@ -25,12 +25,14 @@ import secrets
 import shutil
 import stat
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import NamedTuple
 
 from metasup_mcp.safety import bundles
+from metasup_mcp.safety.blobs import disk_entry
 from metasup_mcp.safety.fsops import delete_at, drop_bytecode, parent_dir, unlink_inside, write_at
 from metasup_mcp.safety.gitcmd import IDENTITY, WorkspaceError, git_env, mapped, run_git
 from metasup_mcp.safety.journal import atomic_write
@@ -69,6 +71,14 @@ class CommitInfo(NamedTuple):
     sha: str
     summary: str
     date: datetime  # committer date, UTC
+
+
+class TreeEntry(NamedTuple):
+    """A file in a commit: `ls-tree -l`'s mode, object id and size (-1: not a blob)."""
+
+    mode: str
+    sha: str
+    size: int
 
 
 class Savepoint(NamedTuple):
@@ -125,6 +135,26 @@ def _by_size(entries: list[tuple[str, str, str, int]]) -> Iterator[list[tuple[st
         yield run
 
 
+WRITERS = 8  # files written at once: each waits on its own fsync, which a disk serves in batches
+
+
+def _write_one(root: Path, path: str, data: bytes, executable: bool) -> None:
+    with parent_dir(root, path, create=True) as (dir_fd, name):
+        write_at(dir_fd, name, data, executable=executable)
+
+
+def _write_files(root: Path, files: Sequence[tuple[str, bytes, bool]]) -> None:
+    """Write `(path, bytes, executable)` each atomically and durably (`write_at`), several at
+    once: a put-back of many files would otherwise wait for one disk flush after another."""
+    if len(files) < 2:
+        for path, data, executable in files:
+            _write_one(root, path, data, executable)
+        return
+    with ThreadPoolExecutor(max_workers=min(WRITERS, len(files)), thread_name_prefix="metasup-write") as pool:
+        for done in [pool.submit(_write_one, root, *file) for file in files]:
+            done.result()  # the first failure is raised, after every write has ended
+
+
 def _is_regular(path: Path) -> bool:
     try:
         return stat.S_ISREG(path.lstat().st_mode)
@@ -166,13 +196,14 @@ class Workspace(GitRepo):
         if paths:
             self._git("update-index", "--add", "--remove", "-z", "--stdin", input=_nul(paths), env=env)
 
-    def _index_from(self, source: str, paths: Sequence[str]) -> None:
-        """The user's index entries for `paths` as `source` has them (absent there: removed)."""
-        if paths:
-            self._git(
-                "--literal-pathspecs", "reset", "-q", "--no-refresh", source, "--pathspec-from-file=-",
-                "--pathspec-file-nul", input=_nul(paths),
-            )
+    def _index_from(self, entries: Mapping[str, TreeEntry], paths: Sequence[str]) -> None:
+        """The user's index entries for `paths` as `entries` (a listing of the source) has them;
+        a path it lacks is removed. One `update-index --index-info`: `reset -- <paths>` would
+        pathspec-match every entry of a large index."""
+        zero = "0" * len(next(iter(entries.values())).sha) if entries else ZERO
+        lines = [f"0 {zero}\t{p}" for p in paths if p not in entries]
+        lines += [f"{e.mode} {e.sha}\t{p}" for p, e in sorted(entries.items())]
+        self._git("update-index", "-z", "--index-info", input=_nul(lines) + b"\0")
 
     # --- opening -----------------------------------------------------------------------
 
@@ -418,41 +449,60 @@ class Workspace(GitRepo):
                 lines.append(f"{mode} {sha}\t{path}")
         return _nul(lines) + b"\0"
 
-    def _write_raw(self, commit: str, paths: Sequence[str]) -> list[str]:
-        """Write the regular files of `commit` among `paths` byte for byte (no eol conversion or
-        filter: a savepoint holds them as they were on disk); return the paths left to a
-        checkout (symlinks, and files over RAW_WRITE_LIMIT, which are not held in memory)."""
+    def _write_raw(self, entries: Mapping[str, TreeEntry], paths: Sequence[str]) -> list[str]:
+        """Write the regular files among `paths` (listed in `entries`) byte for byte (no eol
+        conversion or filter: a savepoint holds them as they were on disk), skipping those on
+        disk already; return the paths left to a checkout (symlinks, and files over
+        RAW_WRITE_LIMIT, which are not held in memory)."""
         regular: list[tuple[str, str, str, int]] = []
-        for batch in _batches(paths):
-            for line in self._z("--literal-pathspecs", "ls-tree", "-r", "-z", "-l", commit, "--", *batch):
-                meta, _, path = line.partition("\t")
-                mode, _, sha, size = meta.split()
-                if mode in ("100644", "100755") and int(size) <= RAW_WRITE_LIMIT:
-                    regular.append((mode, sha, path, int(size)))
+        for path in paths:
+            entry = entries[path]
+            if entry.mode in ("100644", "100755") and 0 <= entry.size <= RAW_WRITE_LIMIT:
+                regular.append((entry.mode, entry.sha, path, entry.size))
+        written = {path for _, _, path, _ in regular}
+        regular = [r for r in regular if not self._holds(r[2], r[0], r[1], r[3])]
         for run in _by_size(regular):
             out = self._git("cat-file", "--batch", input="".join(f"{sha}\n" for _, sha, _, _ in run).encode()).stdout
+            files: list[tuple[str, bytes, bool]] = []
             at = 0
             for mode, _, path, _ in run:
                 header_end = out.index(b"\n", at)
                 size = int(out[at:header_end].split()[2])
-                data = out[header_end + 1: header_end + 1 + size]
+                files.append((path, out[header_end + 1: header_end + 1 + size], mode == "100755"))
                 at = header_end + 1 + size + 1
-                with parent_dir(self.root, path, create=True) as (dir_fd, name):
-                    write_at(dir_fd, name, data, executable=mode == "100755")
-        written = {path for _, _, path, _ in regular}
+            _write_files(self.root, files)
         return [p for p in paths if p not in written]
+
+    def _holds(self, path: str, mode: str, sha: str, size: int) -> bool:
+        """Whether the file at `path` is already exactly that blob, with that mode."""
+        try:
+            if (self.root / path).lstat().st_size != size:
+                return False
+        except OSError:
+            return False
+        return disk_entry(self.root, path, len(sha)) == (mode, sha)
 
     @mapped
     def untouched_since_commit(self, paths: Sequence[str]) -> bool:
         """Whether `paths` are on disk exactly as the user's index has them (after `commit_paths`:
-        as committed), none of them untracked or ignored: a cheap check before a second save."""
+        as committed), none of them untracked or ignored: a cheap check before a second save.
+
+        One `ls-files --stage` for the index entries and the files hashed here, raw: git's own
+        `--modified` check would stat and pathspec-match every entry of a large index.
+        """
         if not paths:
             return True
-        # Modified or deleted tracked files, and untracked ones, ignored included (no excludes given).
-        return not any(
-            self._git("--literal-pathspecs", "ls-files", "-z", "--modified", "--others", "--", *batch).stdout
-            for batch in _batches(paths)
-        )
+        wanted = set(paths)
+        staged: dict[str, tuple[str, str]] = {}
+        for batch in _batches(sorted(wanted)):
+            for line in self._z("--literal-pathspecs", "ls-files", "--stage", "-z", "--", *batch):
+                meta, _, path = line.partition("\t")
+                mode, sha, stage = meta.split()
+                if stage != "0" or path not in wanted:
+                    return False  # a conflict, or entries under a path that is a folder in the index
+                staged[path] = (mode, sha)
+        hex_length = len(next(iter(staged.values()))[1]) if staged else 40  # nothing staged: only absence matches
+        return all(disk_entry(self.root, path, hex_length) == staged.get(path) for path in wanted)
 
     @mapped
     def apply(self, changes: Sequence[FileChange]) -> None:
@@ -511,8 +561,8 @@ class Workspace(GitRepo):
         paths = sorted(set(paths))
         if not paths:
             return
-        present = {p for batch in _batches(paths)
-                   for p in self._z("--literal-pathspecs", "ls-tree", "-r", "-z", "--name-only", commit, "--", *batch)}
+        entries = self._entries(commit, paths)
+        present = set(entries)
         in_the_way = sorted(set(self._on_disk(present)) - set(paths))
         if in_the_way:  # a folder where a file goes back, or a file where a folder does: git would delete them
             kept = self.save(in_the_way, f"in the way of putting back {len(paths)} paths from {commit[:12]}")
@@ -523,12 +573,22 @@ class Workspace(GitRepo):
         rest = sorted(present)
         self._clear_way(in_the_way, rest)
         if isinstance(source, Savepoint) and rest:
-            rest = self._write_raw(commit, rest)
+            rest = self._write_raw(entries, rest)
         if rest:
             with self._temp_index(commit) as env:
                 self._git("checkout-index", "-f", "-z", "--stdin", env=env, input=_nul(rest))
         drop_bytecode(self.root, paths)
-        self._index_from(index, paths)
+        self._index_from(entries if index == commit else self._entries(index, paths), paths)
+
+    def _entries(self, commit: str, paths: Sequence[str]) -> dict[str, TreeEntry]:
+        """What `commit` holds at `paths` (a path that is a folder there: every file under it)."""
+        found: dict[str, TreeEntry] = {}
+        for batch in _batches(paths):
+            for line in self._z("--literal-pathspecs", "ls-tree", "-r", "-z", "-l", commit, "--", *batch):
+                meta, _, path = line.partition("\t")
+                mode, _, sha, size = meta.split()
+                found[path] = TreeEntry(mode, sha, int(size) if size.isdigit() else -1)
+        return found
 
     def _clear_way(self, in_the_way: Sequence[str], targets: Sequence[str]) -> None:
         """Remove what stands where `targets` go (saved already), and the folders it leaves
@@ -547,7 +607,9 @@ class Workspace(GitRepo):
     @mapped
     def move_head(self, expected: str, to: str) -> bool:
         """Point the current branch at `to` if it is still at `expected`; the tree is not touched."""
-        proc = self._git("update-ref", "-m", f"metasup: back to {to[:12]}", "HEAD", self._resolve(to), expected, ok=(0, 1, 128))
+        proc = self._git("update-ref", "-m", f"metasup: back to {to[:12]}", "HEAD", self._peeled(to), self._peeled(expected), ok=(0, 1, 128))
+        if proc.returncode != 0:
+            self._resolve(to)  # an invalid `to` is an error, not a branch that moved on
         return proc.returncode == 0
 
     # --- backups -----------------------------------------------------------------------

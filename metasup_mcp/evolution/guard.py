@@ -102,14 +102,32 @@ class DiskGuard:
         `watch` glob: with none (watch everything), a stray TODO.txt is the user's, not code.
         Nor does one that last good's ignore rules ignore: a child deleting `.gitignore` on
         disk does not turn `venv/` or `.env` into code."""
+        new = self._watched_code(child, [], untracked)
+        return self._watched_code(child, tracked, sorted(set(new) - self.workspace.ignored_at(last_good, new)))
+
+    def _watched_code(self, child: ManagedChild, tracked: Sequence[str], untracked: Sequence[str]) -> list[str]:
+        """`_code_for` without last good's ignore rules (which only ever take paths away)."""
         ws = self.workspace
         new = [p for p in untracked if child.config.watches(p)] if child.config.watch else []
-        new = sorted(set(new) - ws.ignored_at(last_good, new))
-        changed = [*tracked, *new]
         return sorted(
-            p for p in ws.ownership.code_only(changed)
+            p for p in ws.ownership.code_only([*tracked, *new])
             if child.config.watches(p) and not is_protected(p, self.policy, ws.root)
         )
+
+    def _nothing_to_screen(self, child: ManagedChild) -> bool:
+        """One `git status` (`Workspace.glance`) instead of the full look, when it proves there is
+        nothing to do: HEAD is last good (read from the ref file) and no path that may differ
+        from it is code `child` watches or a protected path to put back. Anything else, or a
+        doubt, is False: `before_start` then takes the full look. Sound because the glance is a
+        superset of `changes_since` (git's stat cache with ctime and racy-git, see `glance`)."""
+        ws = self.workspace
+        _, last_good = ws.peek()
+        seen = ws.glance()
+        if last_good is None or seen.head != last_good:
+            return False
+        if any(not ws.ownership.never_code(p) and is_protected(p, self.policy, ws.root) for p in seen.changed):
+            return False
+        return not self._watched_code(child, seen.changed, seen.untracked)
 
     async def before_start(self, child: ManagedChild) -> None:
         """Screen the on-disk state and put it on trial with this incarnation, if it differs
@@ -117,6 +135,8 @@ class DiskGuard:
         if self._in_transaction():
             return  # a proposal or a rollback owns the workspace and verifies it itself
         async with self.lock:
+            if self.trial is None and await _io(self._nothing_to_screen, child):
+                return  # the restart path's usual case: one git call, not five
             ws = self.workspace
             last_good = await _io(ws.last_good) or await _io(ws.head)
             tracked, untracked = await _io(ws.changes_since, last_good)

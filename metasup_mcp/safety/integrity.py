@@ -9,6 +9,11 @@ are refused until an operator has looked and called `recover` (which seals the f
 
 It runs with the sandbox too: cheap, and it also sees what a mount cannot stop (a child that
 renames a folder above a protected file and puts its own file in its place).
+
+A file is hashed again only when its stat data moved (`_StatCache`): device, inode, size, mode,
+mtime and ctime. A process can set mtime back but not ctime, and a rename or a replacement
+brings another inode; a file changed within `RACY_NS` of being read is never trusted by its
+stat (git's racy-git rule, widened for writes through a shared mapping).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import hashlib
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -28,6 +34,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["IntegrityGuard", "Tamper"]
 
 _ABSENT = "absent"
+RACY_NS = 60_000_000_000  # past git racy-git's second, and past writeback: an mmap write moves ctime only at its first fault after one (~30 s)
 
 
 @dataclass(frozen=True)
@@ -57,6 +64,7 @@ class IntegrityGuard:
         self._writer_lock = writer_lock if writer_lock is not None else nullcontext()
         self._lock = threading.Lock()
         self._sealed: dict[Path, str] = {}
+        self._digests = _StatCache()
         self._findings: dict[Path, str] = {}
         self.tamper: Tamper | None = None  # what has been found (and reported) since the last seal
         self.on_tamper: Callable[[Tamper], None] | None = None
@@ -64,7 +72,7 @@ class IntegrityGuard:
     def seal(self) -> None:
         """Take the current state as trusted (at start, and when an operator has acted)."""
         with self._writer_lock, self._lock:
-            self._sealed = {path: _fingerprint(path, path in self.appended) for path in (*self.files, *self.appended)}
+            self._sealed = {path: self._fingerprint(path) for path in (*self.files, *self.appended)}
             self._findings = {}
             self.tamper = None
 
@@ -101,9 +109,37 @@ class IntegrityGuard:
         sealed = self._sealed.get(path)
         if sealed is None or path in self._findings:
             return
-        now = _fingerprint(path, path in self.appended)
+        now = self._fingerprint(path)
         if now != sealed:
             self._findings[path] = _describe(sealed, now)
+
+    def _fingerprint(self, path: Path) -> str:
+        return _fingerprint(path, True) if path in self.appended else self._digests.fingerprint(path)
+
+
+class _StatCache:
+    """`_fingerprint` of sealed files, hashed again only when their stat data moved."""
+
+    def __init__(self) -> None:
+        self._known: dict[Path, tuple[tuple[int, ...], str]] = {}
+
+    def fingerprint(self, path: Path) -> str:
+        try:
+            st = os.stat(path)
+        except OSError:
+            self._known.pop(path, None)
+            return _fingerprint(path, False)
+        key = (st.st_dev, st.st_ino, st.st_size, st.st_mode, st.st_mtime_ns, st.st_ctime_ns)
+        known = self._known.get(path)
+        if known is not None and known[0] == key:
+            return known[1]
+        read_at = time.time_ns()
+        digest = _fingerprint(path, False)
+        if max(st.st_mtime_ns, st.st_ctime_ns) < read_at - RACY_NS:
+            self._known[path] = (key, digest)  # any later write moves ctime past what was read
+        else:
+            self._known.pop(path, None)  # racily clean: read it again next time
+        return digest
 
 
 def _fingerprint(path: Path, appended: bool) -> str:

@@ -58,6 +58,7 @@ __all__ = [
     "REF_SNAPSHOTS",
     "REF_VERIFIED",
     "CommitInfo",
+    "Glance",
     "RefInfo",
     "Savepoint",
     "Workspace",
@@ -134,6 +135,14 @@ def _is_regular(path: Path) -> bool:
 
 def _nul(paths: Iterable[str]) -> bytes:
     return b"\0".join(p.encode("utf-8", "surrogateescape") for p in paths)
+
+
+class Glance(NamedTuple):
+    """What `Workspace.glance` saw: HEAD (None on an unborn branch) and the paths that may differ."""
+
+    head: str | None
+    changed: list[str]
+    untracked: list[str]
 
 
 class Workspace(GitRepo):
@@ -268,6 +277,39 @@ class Workspace(GitRepo):
         tracked = self.changed_paths(since, untracked=False)
         untracked = sorted(set(self._z("ls-files", "-z", "--others", "--exclude-standard")) - set(tracked))
         return tracked, untracked
+
+    @mapped
+    def glance(self) -> Glance:
+        """HEAD and every path that may differ from it on disk, in ONE git call (`git status`):
+        the restart path's quick look (`DiskGuard.before_start`). A superset: staged, unstaged
+        and unmerged paths (`changed`), untracked files that are not ignored (`untracked`).
+
+        Git's index stat cache decides which files to read; `core.trustctime` and
+        `core.checkStat` are pinned so that an edit whose mtime was set back still differs by
+        its ctime, and git's racy-git rule re-reads a file written in the index's own second.
+        `--no-optional-locks`: the user's index is read, never rewritten."""
+        proc = self._git(
+            "-c", "core.trustctime=true", "-c", "core.checkStat=default", "--no-optional-locks",
+            "status", "--porcelain=v2", "-z", "--branch", "--untracked-files=all", "--no-renames",
+        )
+        head: str | None = None
+        changed: list[str] = []
+        untracked: list[str] = []
+        records = iter(proc.stdout.decode("utf-8", "surrogateescape").split("\0"))
+        for record in records:
+            kind, _, rest = record.partition(" ")
+            if kind == "#" and rest.startswith("branch.oid "):
+                oid = rest.split(" ", 1)[1]
+                head = oid if oid != "(initial)" else None
+            elif kind == "1":
+                changed.append(rest.split(" ", 7)[7])
+            elif kind == "2":  # a rename (not asked for): both of its paths
+                changed += [rest.split(" ", 8)[8], next(records, "")]
+            elif kind == "u":
+                changed.append(rest.split(" ", 9)[9])
+            elif kind == "?":
+                untracked.append(rest)
+        return Glance(head, sorted(p for p in changed if p), sorted(untracked))
 
     @mapped
     def ignored(self, paths: Sequence[str]) -> set[str]:

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 
 from metasup_mcp.children.state import ChildState
+from metasup_mcp.evolution import content_check
+from metasup_mcp.evolution.content_check import ContentCheck
 from metasup_mcp.safety.integrity import IntegrityGuard
 from metasup_mcp.safety.workspace import Workspace
 from tests.conftest import eventually
@@ -63,14 +65,58 @@ def test_a_same_second_same_size_edit_with_its_mtime_set_back_is_seen(repo: Work
     assert repo.glance().changed == ["app.py"]
 
 
-def test_an_old_files_same_size_edit_with_its_mtime_set_back_is_seen_by_its_ctime(repo: Workspace) -> None:
+def hide_from_git(root: Path, rel: str, text: str) -> None:
+    """Rewrite `rel` (same size, mtime set back) in the same second as git's index recorded its
+    stat data: git compares ctime by the second, so `git diff` and `git status` see nothing."""
+    path = root / rel
+    while True:
+        os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns))  # ctime moves to now
+        sh(root, "update-index", "-q", "--refresh")  # the user's (or anyone's) git records it
+        recorded = path.stat().st_ctime_ns
+        rewrite_keeping_stat(path, text)
+        if path.stat().st_ctime_ns // 10**9 == recorded // 10**9:
+            break  # else a second boundary fell in between (git would see it): again
+    assert sh(root, "diff", "--name-only") == "", "the scenario needs an edit git cannot see"
+
+
+def test_an_edit_git_cannot_see_is_found_by_its_content(repo: Workspace) -> None:
     app = repo.root / "app.py"
     old = app.stat().st_mtime_ns - 3_600_000_000_000
-    os.utime(app, ns=(old, old))
-    sh(repo.root, "update-index", "--refresh")  # the index caches the old mtime: not racily clean
-    assert repo.glance().changed == []
-    rewrite_keeping_stat(app, "VERSION = 2\n")
-    assert repo.glance().changed == ["app.py"]
+    os.utime(app, ns=(old, old))  # not racily clean by mtime: git trusts the entry's stat
+    check = ContentCheck(repo)
+    assert check.differing(repo.head(), lambda p: True) == []
+    hide_from_git(repo.root, "app.py", "VERSION = 2\n")
+    assert repo.glance().changed == []  # git's own look misses it
+    assert check.differing(repo.head(), lambda p: True) == ["app.py"]
+
+
+def test_the_content_check_reads_a_racily_fresh_file_every_time_and_a_settled_one_only_once_its_stat_moves(
+    repo: Workspace, monkeypatch
+) -> None:
+    read: list[str] = []
+    real = content_check._read_regular
+    monkeypatch.setattr(content_check, "_read_regular", lambda full: (read.append(Path(full).name), real(full))[1])
+    check = ContentCheck(repo)
+    for _ in range(2):  # written moments ago: its stat proves nothing yet
+        read.clear()
+        assert check.differing(repo.head(), lambda p: p == "app.py") == [] and read == ["app.py"]
+    monkeypatch.setattr(content_check, "RACY_NS", 0)  # as if they had settled long ago
+    assert check.differing(repo.head(), lambda p: True) == []
+    read.clear()
+    assert check.differing(repo.head(), lambda p: True) == [] and read == []
+    rewrite_keeping_stat(repo.root / "with space.py", "x = 9\n")
+    assert check.differing(repo.head(), lambda p: True) == ["with space.py"] and read == ["with space.py"]
+
+
+def test_a_file_whose_bytes_differ_only_by_the_repositorys_eol_conversion_is_not_an_edit(repo: Workspace) -> None:
+    (repo.root / ".gitattributes").write_text("*.txt text eol=crlf\n")
+    (repo.root / "notes.txt").write_text("a\nb\n")
+    sh(repo.root, "add", ".gitattributes", "notes.txt")
+    sh(repo.root, "commit", "-qm", "eol")
+    (repo.root / "notes.txt").write_bytes(b"a\r\nb\r\n")  # what a checkout writes
+    assert ContentCheck(repo).differing(repo.head(), lambda p: p == "notes.txt") == []
+    (repo.root / "notes.txt").write_bytes(b"a\r\nc\r\n")
+    assert ContentCheck(repo).differing(repo.head(), lambda p: p == "notes.txt") == ["notes.txt"]
 
 
 def test_a_glance_sees_staged_unstaged_and_untracked_paths_but_not_ignored_ones(repo: Workspace) -> None:
@@ -116,7 +162,7 @@ def test_a_sealed_file_rewritten_with_the_same_size_and_mtime_is_still_found(tmp
     assert found is not None and "content changed" in str(found)
 
 
-async def test_an_edit_made_right_before_a_crash_is_screened_before_the_restart(
+async def test_an_edit_git_cannot_see_made_right_before_a_crash_is_screened_before_the_restart(
     tmp_path: Path, make_config, supervisor_factory
 ) -> None:
     async with supervisor_factory(app_config(make_config, tmp_path, restart={"stable_after": "1s"})) as sup:
@@ -125,8 +171,8 @@ async def test_an_edit_made_right_before_a_crash_is_screened_before_the_restart(
         assert await served_version(sup) == "1"
         old_pid = child.pid
         assert old_pid is not None
-        server = sup.settings.workspace / "server.py"
-        rewrite_keeping_stat(server, server.read_text().replace('VERSION = "1"', 'VERSION = "2"'))
+        workspace = sup.settings.workspace
+        hide_from_git(workspace, "server.py", (workspace / "server.py").read_text().replace('VERSION = "1"', 'VERSION = "2"'))
         os.kill(old_pid, signal.SIGKILL)
         await eventually(lambda: child.pid not in (None, old_pid), timeout=10)
         [candidate] = audited(sup, "candidate")  # screened and put on trial before it started

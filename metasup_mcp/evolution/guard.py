@@ -27,6 +27,7 @@ import anyio
 from metasup_mcp.aio import blocking as _io
 from metasup_mcp.children.child import ChildEvent, ManagedChild
 from metasup_mcp.children.events import EventHub
+from metasup_mcp.evolution.content_check import ContentCheck
 from metasup_mcp.evolution.proposals import new_proposal_id
 from metasup_mcp.safety.audit import AuditLog
 from metasup_mcp.safety.history import LastGoodHistory, move_last_good
@@ -96,6 +97,7 @@ class DiskGuard:
         self._on_accepted = on_accepted
         self._children = children
         self.trial: Trial | None = None
+        self._content = ContentCheck(workspace)  # edits git's stat cache cannot see (same second, same size)
 
     def _code_for(self, child: ManagedChild, tracked: Sequence[str], untracked: Sequence[str], last_good: str) -> list[str]:
         """Changed files this server watches. An untracked file counts only under an explicit
@@ -127,7 +129,14 @@ class DiskGuard:
             return False
         if any(not ws.ownership.never_code(p) and is_protected(p, self.policy, ws.root) for p in seen.changed):
             return False
-        return not self._watched_code(child, seen.changed, seen.untracked)
+        return not self._watched_code(child, seen.changed, seen.untracked) and not self._hidden_edits(child, last_good)
+
+    def _hidden_edits(self, child: ManagedChild, last_good: str) -> list[str]:
+        """Tracked files `child` watches, or protected ones, whose content differs from last good
+        where git's stat cache may say it does not (see content_check.py)."""
+        ws = self.workspace
+        return self._content.differing(last_good, lambda p: not ws.ownership.never_code(p) and (
+            child.config.watches(p) or is_protected(p, self.policy, ws.root)))
 
     async def before_start(self, child: ManagedChild) -> None:
         """Screen the on-disk state and put it on trial with this incarnation, if it differs
@@ -140,6 +149,7 @@ class DiskGuard:
             ws = self.workspace
             last_good = await _io(ws.last_good) or await _io(ws.head)
             tracked, untracked = await _io(ws.changes_since, last_good)
+            tracked = sorted({*tracked, *await _io(self._hidden_edits, child, last_good)})
             await self._revert_protected(last_good, tracked)
             if self.trial is not None and not await self._intact(self.trial, last_good):
                 self.trial = None  # last good moved under it, or its candidate left the tree: start afresh
@@ -224,6 +234,8 @@ class DiskGuard:
         ws = self.workspace
         if trial.last_good != last_good or await _io(ws.head) != trial.candidate:
             return False
+        if await _io(self._content.differing, trial.candidate, set(trial.paths).__contains__):
+            return False  # rewritten since, maybe where git's stat cache cannot see it
         return not set(trial.paths) & set(await _io(ws.changed_paths, trial.candidate))
 
     def _budget(self, trial: Trial) -> float:

@@ -312,6 +312,27 @@ class Workspace(GitRepo):
         return Glance(head, sorted(p for p in changed if p), sorted(untracked))
 
     @mapped
+    def tree_entries(self, commit: str) -> dict[str, tuple[str, str]]:
+        """Every file of `commit`: path → (git mode, object id)."""
+        entries: dict[str, tuple[str, str]] = {}
+        for record in self._z("ls-tree", "-r", "-z", "--full-tree", self._resolve(commit)):
+            meta, _, path = record.partition("\t")
+            mode, _, oid = meta.split(" ")
+            entries[path] = (mode, oid)
+        return entries
+
+    @mapped
+    def hash_files(self, paths: Sequence[str]) -> list[str]:
+        """The object id each of `paths` would have if committed now (the repository's eol and
+        attribute conversions applied; filter drivers neutralised), in order. Nothing is written."""
+        if not paths:
+            return []
+        if any("\n" in p for p in paths):
+            raise ValueError("a path with a newline cannot be hashed through --stdin-paths")
+        text = "".join(f"{p}\n" for p in paths).encode("utf-8", "surrogateescape")
+        return self._out("hash-object", "--stdin-paths", input=text).split()
+
+    @mapped
     def ignored(self, paths: Sequence[str]) -> set[str]:
         """Those of `paths` that git ignores (untracked and matching an ignore rule)."""
         if not paths:

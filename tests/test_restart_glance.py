@@ -198,3 +198,15 @@ async def test_a_restart_with_nothing_to_screen_takes_one_git_status_not_the_ful
         await eventually(lambda: child.pid not in (None, old_pid), timeout=10)
         assert looks == ["glance"]
         assert not audited(sup, "candidate") and await served_version(sup) == "1"
+
+
+async def test_a_protected_file_edited_where_git_cannot_see_it_is_still_put_back_by_the_poll(
+    tmp_path: Path, make_config, supervisor_factory
+) -> None:
+    async with supervisor_factory(app_config(make_config, tmp_path)) as sup:
+        workspace = sup.settings.workspace
+        rules = workspace / "config" / "safety_rules.yaml"
+        assert rules.read_text() == "[]\n"
+        hide_from_git(workspace, "config/safety_rules.yaml", "{}\n")  # same size: "allow all" in spirit
+        await eventually(lambda: rules.read_text() == "[]\n" and any(e["event"] == "protected_revert" for e in sup.events),
+                         timeout=10)

@@ -121,22 +121,21 @@ class DiskGuard:
         nothing to do: HEAD is last good (read from the ref file) and no path that may differ
         from it is code `child` watches or a protected path to put back. Anything else, or a
         doubt, is False: `before_start` then takes the full look. Sound because the glance is a
-        superset of `changes_since` (git's stat cache with ctime and racy-git, see `glance`)."""
+        superset of `changes_since`, and `_hidden_edits` finds what git's stat cache cannot."""
         ws = self.workspace
         _, last_good = ws.peek()
         seen = ws.glance()
         if last_good is None or seen.head != last_good:
             return False
-        if any(not ws.ownership.never_code(p) and is_protected(p, self.policy, ws.root) for p in seen.changed):
+        if any(self._is_protected(p) for p in seen.changed):
             return False
         return not self._watched_code(child, seen.changed, seen.untracked) and not self._hidden_edits(child, last_good)
 
     def _hidden_edits(self, child: ManagedChild, last_good: str) -> list[str]:
         """Tracked files `child` watches, or protected ones, whose content differs from last good
         where git's stat cache may say it does not (see content_check.py)."""
-        ws = self.workspace
-        return self._content.differing(last_good, lambda p: not ws.ownership.never_code(p) and (
-            child.config.watches(p) or is_protected(p, self.policy, ws.root)))
+        never_code = self.workspace.ownership.never_code
+        return self._content.differing(last_good, lambda p: self._is_protected(p) or (child.config.watches(p) and not never_code(p)))
 
     async def before_start(self, child: ManagedChild) -> None:
         """Screen the on-disk state and put it on trial with this incarnation, if it differs
@@ -336,15 +335,32 @@ class DiskGuard:
             except Exception:  # git or the audit log failing: try again at the next poll
                 logger.exception("protected-path check failed")
 
+    def _is_protected(self, path: str) -> bool:
+        ws = self.workspace
+        return not ws.ownership.never_code(path) and is_protected(path, self.policy, ws.root)
+
+    def _protected_untouched(self) -> bool:
+        """True when a glance and the content check prove no protected path differs from last
+        good (HEAD at last good); False when one may, or it cannot tell so cheaply."""
+        ws = self.workspace
+        _, last_good = ws.peek()
+        seen = ws.glance()
+        if last_good is None or seen.head != last_good or any(self._is_protected(p) for p in seen.changed):
+            return False
+        return not self._content.differing(last_good, self._is_protected)
+
     async def _revert_protected(self, last_good: str | None = None, changed: list[str] | None = None) -> None:
         """Declared protected paths git tracks, edited on disk: saved, then put back from last good.
         Operator-owned files are never touched, and untracked files are data."""
         ws = self.workspace
+        if changed is None and last_good is None and await _io(self._protected_untouched):
+            return  # the poll's usual case: one git call
         last_good = last_good or await _io(ws.last_good)
         if last_good is None:
             return
         if changed is None:
             changed = await _io(ws.changed_paths, last_good, untracked=False)
+            changed = sorted({*changed, *await _io(self._content.differing, last_good, self._is_protected)})
         touched = [p for p in changed if not ws.ownership.never_code(p) and is_protected(p, self.policy, ws.root)]
         if not touched:
             return

@@ -284,9 +284,10 @@ class Workspace(GitRepo):
         the restart path's quick look (`DiskGuard.before_start`). A superset: staged, unstaged
         and unmerged paths (`changed`), untracked files that are not ignored (`untracked`).
 
-        Git's index stat cache decides which files to read; `core.trustctime` and
-        `core.checkStat` are pinned so that an edit whose mtime was set back still differs by
-        its ctime, and git's racy-git rule re-reads a file written in the index's own second.
+        Git's index stat cache decides which files to read (`core.trustctime` and
+        `core.checkStat` pinned: an edit whose mtime was set back still differs by its ctime).
+        Git compares ctime by the second only: a same-size edit in the second the index
+        recorded, mtime set back, is not seen here (`evolution/content_check.py` finds it).
         `--no-optional-locks`: the user's index is read, never rewritten."""
         proc = self._git(
             "-c", "core.trustctime=true", "-c", "core.checkStat=default", "--no-optional-locks",

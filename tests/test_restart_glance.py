@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -69,8 +70,9 @@ def hide_from_git(root: Path, rel: str, text: str) -> None:
     """Rewrite `rel` (same size, mtime set back) in the same second as git's index recorded its
     stat data: git compares ctime by the second, so `git diff` and `git status` see nothing."""
     path = root / rel
+    old = time.time_ns() - 3_600_000_000_000  # not racily clean by mtime: git trusts the entry's stat
     while True:
-        os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns))  # ctime moves to now
+        os.utime(path, ns=(old, old))  # and ctime moves to now
         sh(root, "update-index", "-q", "--refresh")  # the user's (or anyone's) git records it
         recorded = path.stat().st_ctime_ns
         rewrite_keeping_stat(path, text)
@@ -80,9 +82,6 @@ def hide_from_git(root: Path, rel: str, text: str) -> None:
 
 
 def test_an_edit_git_cannot_see_is_found_by_its_content(repo: Workspace) -> None:
-    app = repo.root / "app.py"
-    old = app.stat().st_mtime_ns - 3_600_000_000_000
-    os.utime(app, ns=(old, old))  # not racily clean by mtime: git trusts the entry's stat
     check = ContentCheck(repo)
     assert check.differing(repo.head(), lambda p: True) == []
     hide_from_git(repo.root, "app.py", "VERSION = 2\n")
@@ -206,6 +205,7 @@ async def test_a_protected_file_edited_where_git_cannot_see_it_is_still_put_back
     async with supervisor_factory(app_config(make_config, tmp_path)) as sup:
         workspace = sup.settings.workspace
         rules = workspace / "config" / "safety_rules.yaml"
+        await eventually(lambda: sup.child("app").state is ChildState.RUNNING, timeout=15)  # no start to come
         assert rules.read_text() == "[]\n"
         hide_from_git(workspace, "config/safety_rules.yaml", "{}\n")  # same size: "allow all" in spirit
         await eventually(lambda: rules.read_text() == "[]\n" and any(e["event"] == "protected_revert" for e in sup.events),

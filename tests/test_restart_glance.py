@@ -93,8 +93,8 @@ def test_the_content_check_reads_a_racily_fresh_file_every_time_and_a_settled_on
     repo: Workspace, monkeypatch
 ) -> None:
     read: list[str] = []
-    real = content_check._read_regular
-    monkeypatch.setattr(content_check, "_read_regular", lambda full: (read.append(Path(full).name), real(full))[1])
+    real = content_check._blob_id
+    monkeypatch.setattr(content_check, "_blob_id", lambda full, alg: (read.append(Path(full).name), real(full, alg))[1])
     check = ContentCheck(repo)
     for _ in range(2):  # written moments ago: its stat proves nothing yet
         read.clear()

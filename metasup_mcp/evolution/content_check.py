@@ -17,11 +17,11 @@ import stat
 import time
 from collections.abc import Callable
 
+from metasup_mcp.safety.integrity import RACY_NS
 from metasup_mcp.safety.workspace import Workspace
 
-__all__ = ["ContentCheck", "RACY_NS"]
+__all__ = ["ContentCheck"]
 
-RACY_NS = 60_000_000_000  # past any timestamp granularity, and past writeback (an mmap write moves ctime at its first fault after one)
 _REGULAR = ("100644", "100755")
 
 
@@ -68,17 +68,18 @@ class ContentCheck:
         if self._matched.get(path) == (key, oid):
             return True
         read_at = time.time_ns()
+        algorithm = "sha256" if len(oid) == 64 else "sha1"
         try:
             if mode == "120000" and stat.S_ISLNK(st.st_mode):
-                data = os.fsencode(os.readlink(full))
+                target = os.fsencode(os.readlink(full))
+                found = hashlib.new(algorithm, b"blob %d\0" % len(target) + target).hexdigest()
             elif mode in _REGULAR and stat.S_ISREG(st.st_mode):
-                data = _read_regular(full)
+                found = _blob_id(full, algorithm)
             else:
                 return False
         except OSError:
             return False
-        algorithm = hashlib.sha256 if len(oid) == 64 else hashlib.sha1
-        if algorithm(b"blob %d\0" % len(data) + data).hexdigest() != oid:
+        if found != oid:
             self._matched.pop(path, None)
             if mode in _REGULAR:
                 unsure[path] = (key, read_at)
@@ -95,14 +96,17 @@ class ContentCheck:
             self._matched.pop(path, None)  # racily clean: read again next time
 
 
-def _read_regular(full: str) -> bytes:
+def _blob_id(full: str, algorithm: str) -> str:
+    """The object id git gives the bytes of the regular file `full`, read in chunks."""
     fd = os.open(full, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)  # a fifo swapped in cannot hang it
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
             raise OSError(f"{full} is no longer a regular file")
-        chunks = []
+        digest, left = hashlib.new(algorithm, b"blob %d\0" % st.st_size), st.st_size
         while chunk := os.read(fd, 1 << 20):
-            chunks.append(chunk)
-        return b"".join(chunks)
+            digest.update(chunk)
+            left -= len(chunk)
+        return digest.hexdigest() if left == 0 else ""  # it changed size while read: not the blob
     finally:
         os.close(fd)

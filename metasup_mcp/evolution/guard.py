@@ -135,7 +135,9 @@ class DiskGuard:
         """Tracked files `child` watches, or protected ones, whose content differs from last good
         where git's stat cache may say it does not (see content_check.py)."""
         never_code = self.workspace.ownership.never_code
-        return self._content.differing(last_good, lambda p: self._is_protected(p) or (child.config.watches(p) and not never_code(p)))
+        return self._content.differing(
+            last_good, lambda p: self._is_protected(p) or (child.config.watches(p) and not never_code(p))
+        )
 
     async def before_start(self, child: ManagedChild) -> None:
         """Screen the on-disk state and put it on trial with this incarnation, if it differs

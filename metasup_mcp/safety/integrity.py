@@ -34,7 +34,9 @@ logger = logging.getLogger(__name__)
 __all__ = ["IntegrityGuard", "Tamper"]
 
 _ABSENT = "absent"
-RACY_NS = 60_000_000_000  # past git racy-git's second, and past writeback: an mmap write moves ctime only at its first fault after one (~30 s)
+# Past racy-git's second, and past writeback: a write through a shared mapping moves ctime only
+# at its first fault after one (about 30 s).
+RACY_NS = 60_000_000_000
 
 
 @dataclass(frozen=True)

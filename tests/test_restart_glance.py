@@ -20,6 +20,7 @@ from metasup_mcp.evolution.content_check import ContentCheck
 from metasup_mcp.safety.integrity import IntegrityGuard
 from metasup_mcp.safety.workspace import Workspace
 from tests.conftest import eventually
+from tests.ownership_support import APP, config_for, user_repo
 from tests.safety_support import app_config, served_version
 
 pytestmark = pytest.mark.anyio
@@ -210,3 +211,18 @@ async def test_a_protected_file_edited_where_git_cannot_see_it_is_still_put_back
         hide_from_git(workspace, "config/safety_rules.yaml", "{}\n")  # same size: "allow all" in spirit
         await eventually(lambda: rules.read_text() == "[]\n" and any(e["event"] == "protected_revert" for e in sup.events),
                          timeout=10)
+
+
+async def test_a_new_code_file_hidden_by_an_ignore_rule_added_on_disk_is_still_screened(
+    tmp_path: Path, make_config, supervisor_factory
+) -> None:
+    repo = user_repo(tmp_path)
+    app = {**APP, "watch": ["*.py"]}  # .gitignore itself is not code this server watches
+    async with supervisor_factory(config_for(make_config, tmp_path, repo, [app])) as sup:
+        assert await served_version(sup) == "1"
+        with (repo / ".gitignore").open("a") as rules:
+            rules.write("evil.py\n")
+        (repo / "evil.py").write_text("import os  # loaded by a plugin scan\n")
+        await sup.restart_server("app")
+        [candidate] = audited(sup, "candidate")
+        assert candidate["data"]["paths"] == ["evil.py"]

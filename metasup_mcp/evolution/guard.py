@@ -129,6 +129,8 @@ class DiskGuard:
             return False
         if any(self._is_protected(p) for p in seen.changed):
             return False
+        if child.config.watch and any(_is_ignore_file(p) for p in [*seen.changed, *seen.untracked]):
+            return False  # an ignore rule edited on disk may hide a new file it watches
         return not self._watched_code(child, seen.changed, seen.untracked) and not self._hidden_edits(child, last_good)
 
     def _hidden_edits(self, child: ManagedChild, last_good: str) -> list[str]:
@@ -151,6 +153,10 @@ class DiskGuard:
             last_good = await _io(ws.last_good) or await _io(ws.head)
             tracked, untracked = await _io(ws.changes_since, last_good)
             tracked = sorted({*tracked, *await _io(self._hidden_edits, child, last_good)})
+            if child.config.watch and any(_is_ignore_file(p) for p in [*tracked, *untracked]):
+                # An ignore file edited on disk must not hide a new file it watches (only under an
+                # explicit `watch` do untracked files count): judged by last good's rules alone.
+                untracked = sorted(set(await _io(ws.untracked_files, False)) - set(tracked))
             await self._revert_protected(last_good, tracked)
             if self.trial is not None and not await self._intact(self.trial, last_good):
                 self.trial = None  # last good moved under it, or its candidate left the tree: start afresh
@@ -371,3 +377,7 @@ class DiskGuard:
         await _io(self.audit.append, "revert", paths=touched, restored_from=last_good, saved_ref=saved.ref)
         self._record("protected_revert", paths=touched, saved_ref=saved.ref)
         logger.warning("put back protected paths from last good (edits saved under %s): %s", saved.ref, ", ".join(touched))
+
+
+def _is_ignore_file(path: str) -> bool:
+    return path.rpartition("/")[2] == ".gitignore"

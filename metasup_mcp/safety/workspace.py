@@ -313,6 +313,12 @@ class Workspace(GitRepo):
         return Glance(head, sorted(p for p in changed if p), sorted(untracked))
 
     @mapped
+    def untracked_files(self, exclude_standard: bool = True) -> list[str]:
+        """Files git does not track; with `exclude_standard`, not those the ignore rules on disk
+        (and info/exclude, the user's excludes file) ignore."""
+        return self._z("ls-files", "-z", "--others", *(["--exclude-standard"] if exclude_standard else []))
+
+    @mapped
     def tree_entries(self, commit: str) -> dict[str, tuple[str, str]]:
         """Every file of `commit`: path → (git mode, object id)."""
         entries: dict[str, tuple[str, str]] = {}

@@ -24,8 +24,8 @@ def test_a_file_hashed_as_sealed_is_trusted_by_its_stat_until_anything_rewrites_
     config.write_bytes(b"[core]\n")
     guard = IntegrityGuard([config])
     guard.seal()
-    monkeypatch.setattr(integrity, "RACY_S", -60.0)  # as if the file were hashed long after it was written
-    assert guard.check() is None and config in guard._trusted
+    monkeypatch.setattr(integrity, "RACY_NS", -60_000_000_000)  # as if hashed long after it was written
+    assert guard.check() is None and config in guard._digests._known
     hashed: list[Path] = []
     monkeypatch.setattr(integrity, "_fingerprint", lambda path, appended: hashed.append(path) or "x")
     assert guard.check() is None and hashed == [], "an unchanged stat is not hashed again"
@@ -40,6 +40,6 @@ def test_a_file_changed_within_the_racy_window_is_hashed_every_time(tmp_path: Pa
     config.write_bytes(b"[core]\n")
     guard = IntegrityGuard([config])
     guard.seal()
-    assert guard.check() is None and config not in guard._trusted, "written just now: its stat proves nothing"
+    assert guard.check() is None and config not in guard._digests._known, "written just now: its stat proves nothing"
     _rewrite_keeping_size_and_mtime(config, b"[c0re]\n")
     assert guard.check() is not None

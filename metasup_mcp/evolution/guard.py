@@ -27,6 +27,7 @@ import anyio
 from metasup_mcp.aio import blocking as _io
 from metasup_mcp.children.child import ChildEvent, ManagedChild
 from metasup_mcp.children.events import EventHub
+from metasup_mcp.evolution.content_check import ContentCheck
 from metasup_mcp.evolution.proposals import new_proposal_id
 from metasup_mcp.safety.audit import AuditLog
 from metasup_mcp.safety.history import LastGoodHistory, move_last_good
@@ -96,19 +97,48 @@ class DiskGuard:
         self._on_accepted = on_accepted
         self._children = children
         self.trial: Trial | None = None
+        self._content = ContentCheck(workspace)  # edits git's stat cache cannot see (same second, same size)
 
     def _code_for(self, child: ManagedChild, tracked: Sequence[str], untracked: Sequence[str], last_good: str) -> list[str]:
         """Changed files this server watches. An untracked file counts only under an explicit
         `watch` glob: with none (watch everything), a stray TODO.txt is the user's, not code.
         Nor does one that last good's ignore rules ignore: a child deleting `.gitignore` on
         disk does not turn `venv/` or `.env` into code."""
+        new = self._watched_code(child, [], untracked)
+        return self._watched_code(child, tracked, sorted(set(new) - self.workspace.ignored_at(last_good, new)))
+
+    def _watched_code(self, child: ManagedChild, tracked: Sequence[str], untracked: Sequence[str]) -> list[str]:
+        """`_code_for` without last good's ignore rules (which only ever take paths away)."""
         ws = self.workspace
         new = [p for p in untracked if child.config.watches(p)] if child.config.watch else []
-        new = sorted(set(new) - ws.ignored_at(last_good, new))
-        changed = [*tracked, *new]
         return sorted(
-            p for p in ws.ownership.code_only(changed)
+            p for p in ws.ownership.code_only([*tracked, *new])
             if child.config.watches(p) and not is_protected(p, self.policy, ws.root)
+        )
+
+    def _nothing_to_screen(self, child: ManagedChild) -> bool:
+        """One `git status` (`Workspace.glance`) instead of the full look, when it proves there is
+        nothing to do: HEAD is last good (read from the ref file) and no path that may differ
+        from it is code `child` watches or a protected path to put back. Anything else, or a
+        doubt, is False: `before_start` then takes the full look. Sound because the glance is a
+        superset of `changes_since`, and `_hidden_edits` finds what git's stat cache cannot."""
+        ws = self.workspace
+        _, last_good = ws.peek()
+        seen = ws.glance()
+        if last_good is None or seen.head != last_good:
+            return False
+        if any(self._is_protected(p) for p in seen.changed):
+            return False
+        if child.config.watch and any(_is_ignore_file(p) for p in [*seen.changed, *seen.untracked]):
+            return False  # an ignore rule edited on disk may hide a new file it watches
+        return not self._watched_code(child, seen.changed, seen.untracked) and not self._hidden_edits(child, last_good)
+
+    def _hidden_edits(self, child: ManagedChild, last_good: str) -> list[str]:
+        """Tracked files `child` watches, or protected ones, whose content differs from last good
+        where git's stat cache may say it does not (see content_check.py)."""
+        never_code = self.workspace.ownership.never_code
+        return self._content.differing(
+            last_good, lambda p: self._is_protected(p) or (child.config.watches(p) and not never_code(p))
         )
 
     async def before_start(self, child: ManagedChild) -> None:
@@ -117,9 +147,16 @@ class DiskGuard:
         if self._in_transaction():
             return  # a proposal or a rollback owns the workspace and verifies it itself
         async with self.lock:
+            if self.trial is None and await _io(self._nothing_to_screen, child):
+                return  # the restart path's usual case: one git call, not five
             ws = self.workspace
             last_good = await _io(ws.last_good) or await _io(ws.head)
             tracked, untracked = await _io(ws.changes_since, last_good)
+            tracked = sorted({*tracked, *await _io(self._hidden_edits, child, last_good)})
+            if child.config.watch and any(_is_ignore_file(p) for p in [*tracked, *untracked]):
+                # An ignore file edited on disk must not hide a new file it watches (only under an
+                # explicit `watch` do untracked files count): judged by last good's rules alone.
+                untracked = sorted(set(await _io(ws.untracked_files, False)) - set(tracked))
             await self._revert_protected(last_good, tracked)
             if self.trial is not None and not await self._intact(self.trial, last_good):
                 self.trial = None  # last good moved under it, or its candidate left the tree: start afresh
@@ -204,6 +241,8 @@ class DiskGuard:
         ws = self.workspace
         if trial.last_good != last_good or await _io(ws.head) != trial.candidate:
             return False
+        if await _io(self._content.differing, trial.candidate, set(trial.paths).__contains__):
+            return False  # rewritten since, maybe where git's stat cache cannot see it
         return not set(trial.paths) & set(await _io(ws.changed_paths, trial.candidate))
 
     def _budget(self, trial: Trial) -> float:
@@ -304,15 +343,32 @@ class DiskGuard:
             except Exception:  # git or the audit log failing: try again at the next poll
                 logger.exception("protected-path check failed")
 
+    def _is_protected(self, path: str) -> bool:
+        ws = self.workspace
+        return not ws.ownership.never_code(path) and is_protected(path, self.policy, ws.root)
+
+    def _protected_untouched(self) -> bool:
+        """True when a glance and the content check prove no protected path differs from last
+        good (HEAD at last good); False when one may, or it cannot tell so cheaply."""
+        ws = self.workspace
+        _, last_good = ws.peek()
+        seen = ws.glance()
+        if last_good is None or seen.head != last_good or any(self._is_protected(p) for p in seen.changed):
+            return False
+        return not self._content.differing(last_good, self._is_protected)
+
     async def _revert_protected(self, last_good: str | None = None, changed: list[str] | None = None) -> None:
         """Declared protected paths git tracks, edited on disk: saved, then put back from last good.
         Operator-owned files are never touched, and untracked files are data."""
         ws = self.workspace
+        if changed is None and last_good is None and await _io(self._protected_untouched):
+            return  # the poll's usual case: one git call
         last_good = last_good or await _io(ws.last_good)
         if last_good is None:
             return
         if changed is None:
             changed = await _io(ws.changed_paths, last_good, untracked=False)
+            changed = sorted({*changed, *await _io(self._content.differing, last_good, self._is_protected)})
         touched = [p for p in changed if not ws.ownership.never_code(p) and is_protected(p, self.policy, ws.root)]
         if not touched:
             return
@@ -321,3 +377,7 @@ class DiskGuard:
         await _io(self.audit.append, "revert", paths=touched, restored_from=last_good, saved_ref=saved.ref)
         self._record("protected_revert", paths=touched, saved_ref=saved.ref)
         logger.warning("put back protected paths from last good (edits saved under %s): %s", saved.ref, ", ".join(touched))
+
+
+def _is_ignore_file(path: str) -> bool:
+    return path.rpartition("/")[2] == ".gitignore"

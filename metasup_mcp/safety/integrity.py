@@ -10,12 +10,10 @@ are refused until an operator has looked and called `recover` (which seals the f
 It runs with the sandbox too: cheap, and it also sees what a mount cannot stop (a child that
 renames a folder above a protected file and puts its own file in its place).
 
-A check runs before every git call, so it must cost next to nothing: a file hashed and found
-as sealed is not hashed again while its `stat` (device, inode, size, mtime and ctime) stays the
-same. Any write, rename over it or chmod sets the ctime to the current time, which no
-unprivileged process can choose; a file whose ctime was within `RACY_S` of the moment it was
-hashed is hashed every time (git's "racy clean" rule: a change within one timestamp tick
-would leave its stat as it was).
+A file is hashed again only when its stat data moved (`_StatCache`): device, inode, size, mode,
+mtime and ctime. A process can set mtime back but not ctime, and a rename or a replacement
+brings another inode; a file changed within `RACY_NS` of being read is never trusted by its
+stat (git's racy-git rule, widened for writes through a shared mapping).
 """
 
 from __future__ import annotations
@@ -36,7 +34,9 @@ logger = logging.getLogger(__name__)
 __all__ = ["IntegrityGuard", "Tamper"]
 
 _ABSENT = "absent"
-RACY_S = 2.0  # seconds: a ctime this close to the hash is not trusted (coarse clock ticks, skew)
+# Past racy-git's second, and past writeback: a write through a shared mapping moves ctime only
+# at its first fault after one (about 30 s).
+RACY_NS = 60_000_000_000
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ class IntegrityGuard:
         self._writer_lock = writer_lock if writer_lock is not None else nullcontext()
         self._lock = threading.Lock()
         self._sealed: dict[Path, str] = {}
-        self._trusted: dict[Path, tuple[int, ...]] = {}  # stat of a file last hashed as sealed
+        self._digests = _StatCache()
         self._findings: dict[Path, str] = {}
         self.tamper: Tamper | None = None  # what has been found (and reported) since the last seal
         self.on_tamper: Callable[[Tamper], None] | None = None
@@ -74,8 +74,7 @@ class IntegrityGuard:
     def seal(self) -> None:
         """Take the current state as trusted (at start, and when an operator has acted)."""
         with self._writer_lock, self._lock:
-            self._sealed = {path: _fingerprint(path, path in self.appended) for path in (*self.files, *self.appended)}
-            self._trusted = {}
+            self._sealed = {path: self._fingerprint(path) for path in (*self.files, *self.appended)}
             self._findings = {}
             self.tamper = None
 
@@ -112,29 +111,37 @@ class IntegrityGuard:
         sealed = self._sealed.get(path)
         if sealed is None or path in self._findings:
             return
-        appended = path in self.appended
-        before = None if appended else _stat(path)
-        if before is not None and self._trusted.get(path) == before[0]:
-            return  # not written, renamed over or chmod'ed since it was hashed as sealed
-        now = _fingerprint(path, appended)
+        now = self._fingerprint(path)
         if now != sealed:
             self._findings[path] = _describe(sealed, now)
-            self._trusted.pop(path, None)
-        elif before is not None:
-            key, taken_ns = before
-            after = _stat(path)  # unchanged across the hash: the bytes hashed are the ones `key` describes
-            if after is not None and after[0] == key and key[-1] < taken_ns - RACY_S * 1e9:
-                self._trusted[path] = key
+
+    def _fingerprint(self, path: Path) -> str:
+        return _fingerprint(path, True) if path in self.appended else self._digests.fingerprint(path)
 
 
-def _stat(path: Path) -> tuple[tuple[int, ...], int] | None:
-    """((device, inode, size, mtime, ctime), the time it was taken), both in ns; None if unreadable."""
-    taken = time.time_ns()
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns), taken
+class _StatCache:
+    """`_fingerprint` of sealed files, hashed again only when their stat data moved."""
+
+    def __init__(self) -> None:
+        self._known: dict[Path, tuple[tuple[int, ...], str]] = {}
+
+    def fingerprint(self, path: Path) -> str:
+        try:
+            st = os.stat(path)
+        except OSError:
+            self._known.pop(path, None)
+            return _fingerprint(path, False)
+        key = (st.st_dev, st.st_ino, st.st_size, st.st_mode, st.st_mtime_ns, st.st_ctime_ns)
+        known = self._known.get(path)
+        if known is not None and known[0] == key:
+            return known[1]
+        read_at = time.time_ns()
+        digest = _fingerprint(path, False)
+        if max(st.st_mtime_ns, st.st_ctime_ns) < read_at - RACY_NS:
+            self._known[path] = (key, digest)  # any later write moves ctime past what was read
+        else:
+            self._known.pop(path, None)  # racily clean: read it again next time
+        return digest
 
 
 def _fingerprint(path: Path, appended: bool) -> str:

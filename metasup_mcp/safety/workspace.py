@@ -60,6 +60,7 @@ __all__ = [
     "REF_SNAPSHOTS",
     "REF_VERIFIED",
     "CommitInfo",
+    "Glance",
     "RefInfo",
     "Savepoint",
     "Workspace",
@@ -164,6 +165,14 @@ def _is_regular(path: Path) -> bool:
 
 def _nul(paths: Iterable[str]) -> bytes:
     return b"\0".join(p.encode("utf-8", "surrogateescape") for p in paths)
+
+
+class Glance(NamedTuple):
+    """What `Workspace.glance` saw: HEAD (None on an unborn branch) and the paths that may differ."""
+
+    head: str | None
+    changed: list[str]
+    untracked: list[str]
 
 
 class Workspace(GitRepo):
@@ -299,6 +308,67 @@ class Workspace(GitRepo):
         tracked = self.changed_paths(since, untracked=False)
         untracked = sorted(set(self._z("ls-files", "-z", "--others", "--exclude-standard")) - set(tracked))
         return tracked, untracked
+
+    @mapped
+    def glance(self) -> Glance:
+        """HEAD and every path that may differ from it on disk, in ONE git call (`git status`):
+        the restart path's quick look (`DiskGuard.before_start`). A superset: staged, unstaged
+        and unmerged paths (`changed`), untracked files that are not ignored (`untracked`).
+
+        Git's index stat cache decides which files to read (`core.trustctime` and
+        `core.checkStat` pinned: an edit whose mtime was set back still differs by its ctime).
+        Git compares ctime by the second only: a same-size edit in the second the index
+        recorded, mtime set back, is not seen here (`evolution/content_check.py` finds it).
+        `--no-optional-locks`: the user's index is read, never rewritten."""
+        proc = self._git(
+            "-c", "core.trustctime=true", "-c", "core.checkStat=default", "--no-optional-locks",
+            "status", "--porcelain=v2", "-z", "--branch", "--untracked-files=all", "--no-renames",
+        )
+        head: str | None = None
+        changed: list[str] = []
+        untracked: list[str] = []
+        records = iter(proc.stdout.decode("utf-8", "surrogateescape").split("\0"))
+        for record in records:
+            kind, _, rest = record.partition(" ")
+            if kind == "#" and rest.startswith("branch.oid "):
+                oid = rest.split(" ", 1)[1]
+                head = oid if oid != "(initial)" else None
+            elif kind == "1":
+                changed.append(rest.split(" ", 7)[7])
+            elif kind == "2":  # a rename (not asked for): both of its paths
+                changed += [rest.split(" ", 8)[8], next(records, "")]
+            elif kind == "u":
+                changed.append(rest.split(" ", 9)[9])
+            elif kind == "?":
+                untracked.append(rest)
+        return Glance(head, sorted(p for p in changed if p), sorted(untracked))
+
+    @mapped
+    def untracked_files(self, exclude_standard: bool = True) -> list[str]:
+        """Files git does not track; with `exclude_standard`, not those the ignore rules on disk
+        (and info/exclude, the user's excludes file) ignore."""
+        return self._z("ls-files", "-z", "--others", *(["--exclude-standard"] if exclude_standard else []))
+
+    @mapped
+    def tree_entries(self, commit: str) -> dict[str, tuple[str, str]]:
+        """Every file of `commit`: path → (git mode, object id)."""
+        entries: dict[str, tuple[str, str]] = {}
+        for record in self._z("ls-tree", "-r", "-z", "--full-tree", self._resolve(commit)):
+            meta, _, path = record.partition("\t")
+            mode, _, oid = meta.split(" ")
+            entries[path] = (mode, oid)
+        return entries
+
+    @mapped
+    def hash_files(self, paths: Sequence[str]) -> list[str]:
+        """The object id each of `paths` would have if committed now (the repository's eol and
+        attribute conversions applied; filter drivers neutralised), in order. Nothing is written."""
+        if not paths:
+            return []
+        if any("\n" in p for p in paths):
+            raise ValueError("a path with a newline cannot be hashed through --stdin-paths")
+        text = "".join(f"{p}\n" for p in paths).encode("utf-8", "surrogateescape")
+        return self._out("hash-object", "--stdin-paths", input=text).split()
 
     @mapped
     def ignored(self, paths: Sequence[str]) -> set[str]:

@@ -71,6 +71,7 @@ def hide_from_git(root: Path, rel: str, text: str) -> None:
     """Rewrite `rel` (same size, mtime set back) in the same second as git's index recorded its
     stat data: git compares ctime by the second, so `git diff` and `git status` see nothing."""
     path = root / rel
+    original = path.read_text()
     old = time.time_ns() - 3_600_000_000_000  # not racily clean by mtime: git trusts the entry's stat
     while True:
         os.utime(path, ns=(old, old))  # and ctime moves to now
@@ -78,7 +79,10 @@ def hide_from_git(root: Path, rel: str, text: str) -> None:
         recorded = path.stat().st_ctime_ns
         rewrite_keeping_stat(path, text)
         if path.stat().st_ctime_ns // 10**9 == recorded // 10**9:
-            break  # else a second boundary fell in between (git would see it): again
+            break
+        # A second boundary fell in between (git sees the edit): back to the recorded content,
+        # else the next refresh would find the index's content differing and record nothing.
+        rewrite_keeping_stat(path, original)
     assert sh(root, "diff", "--name-only") == "", "the scenario needs an edit git cannot see"
 
 

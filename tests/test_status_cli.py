@@ -6,7 +6,6 @@ import json
 import re
 import socket
 import sys
-import time
 from functools import partial
 from pathlib import Path
 

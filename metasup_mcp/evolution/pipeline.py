@@ -37,6 +37,7 @@ from metasup_mcp.evolution.performance import MetricStore
 from metasup_mcp.evolution.proposals import ChangeSummary, Proposal, ProposalStore, new_proposal_id
 from metasup_mcp.evolution.recovery import finish_interrupted, undo_change
 from metasup_mcp.evolution.seal import seal_code
+from metasup_mcp.evolution.unscreened import unscreened_code, unscreened_reason
 from metasup_mcp.evolution.requests import Asker, ChangeError, ChangeRequest, Progress
 from metasup_mcp.evolution.stages import ApprovalStage, BehaviourStage
 from metasup_mcp.safety.audit import AuditLog
@@ -113,6 +114,7 @@ class Pipeline(ApprovalStage, BehaviourStage):
         # then (the lock held) undo it if it still has none.
         self.wait_for_trial: Callable[[], Awaitable[None]] = _nothing
         self.withdraw_trial: Callable[[str], Awaitable[None]] = _nothing
+        self.trial_paths: Callable[[], Sequence[str]] = lambda: ()  # the paths of that trial, if any
 
     @property
     def queue_length(self) -> int:
@@ -144,7 +146,21 @@ class Pipeline(ApprovalStage, BehaviourStage):
             return await self._finish(proposal, "rejected")
         if request.dry_run:
             return await self._finish(proposal, "valid", "dry run: the change set passed validation")
+        if await self._unscreened(proposal, changes, self.trial_paths()):
+            return await self._finish(proposal, "rejected")
         return await self._approve(proposal, changes, request, say)
+
+    async def _unscreened(self, proposal: Proposal, changes: list[FileChange], on_trial: Sequence[str] = ()) -> bool:
+        """Refuse (reason added, True) a change whose restart would run code nobody screened."""
+        affected = self.affected([c.path for c in changes])
+        if not affected:
+            return False
+        ws = self.workspace
+        last_good = await _io(ws.last_good) or await _io(ws.head)
+        found = await _io(unscreened_code, ws, last_good, affected, [c.path for c in changes], on_trial)
+        if found:
+            proposal.reasons.append(unscreened_reason(found))
+        return bool(found)
 
     async def _apply(self, proposal: Proposal, changes: list[FileChange], say: Progress) -> Proposal:
         await self.wait_for_trial()
@@ -155,6 +171,8 @@ class Pipeline(ApprovalStage, BehaviourStage):
                 return await self._finish(proposal, "rejected")
             # An on-disk candidate still unjudged must not ride into last good under this change.
             await self.withdraw_trial(f"{proposal.id} takes the workspace")
+            if await self._unscreened(proposal, changes):  # edited since it was proposed (a human approving)
+                return await self._finish(proposal, "rejected")
             if self.settings.benchmark is not None:  # the baseline: last good's metric, once
                 await self._measure_baseline(say)
             self.in_transaction = True

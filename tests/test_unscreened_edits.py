@@ -68,7 +68,7 @@ async def test_a_proposal_to_a_server_running_unscreened_edits_is_refused_before
         assert sup.child("app").generation == generation, "restarted for a proposal that was refused"
         # What the reason says to do works: the edits go on trial, are judged, and the proposal passes.
         await sup.restart_server("app")
-        await eventually(lambda: audited(sup, "candidate_accepted"), timeout=10)
+        await eventually(lambda: sup.supervisor_block()["probation"], timeout=10)  # the candidate is last good
         again = await sup.propose_change(ChangeRequest("lib v2", changes=[{"path": "lib.py", "content": "X = 2\n"}]))
         assert again.verdict == "applied", again.reasons
         assert await served_version(sup) == "mine"
@@ -130,7 +130,7 @@ async def test_a_users_commit_touching_two_servers_code_puts_both_on_the_trial(t
         mine = git_head(workspace)
         other_before = sup.child("other").generation
         await sup.restart_server("app")
-        await eventually(lambda: audited(sup, "candidate_accepted"), timeout=15)
+        await eventually(lambda: sup.supervisor_block()["probation"], timeout=15)  # accepted, on probation
         assert sup.supervisor_block()["last_good_commit"] == mine
         assert sup.child("other").generation > other_before, "other never ran the code that became last good"
         assert await version_of(sup, "other") == "2" and await served_version(sup) == "2"
@@ -160,3 +160,17 @@ async def test_a_users_commit_that_breaks_another_servers_code_never_becomes_las
 
 def git_head(workspace: Path) -> str:
     return user_git(workspace, "rev-parse", "HEAD")
+
+
+
+async def test_a_proposal_arriving_as_a_server_starts_on_the_users_edits_leaves_their_trial_to_its_verdict(
+    tmp_path, make_config, supervisor_factory
+):
+    async with supervisor_factory(two_servers(make_config, tmp_path)) as sup:
+        workspace = sup.settings.workspace
+        (workspace / "server.py").write_text(MINE)  # as app first starts: its trial begins while the change waits
+        result = await sup.propose_change(ChangeRequest("other v2", changes=[{"path": "other.py", "content": with_version("2")}]))
+        assert result.verdict == "applied", result.reasons
+        assert not audited(sup, "rollback", source="on-disk"), "the user's edits were withdrawn from disk unjudged"
+        assert audited(sup, "candidate_accepted") and (workspace / "server.py").read_text() == MINE
+        assert "mine" in user_git(workspace, "show", f"{sup.supervisor_block()['last_good_commit']}:server.py")

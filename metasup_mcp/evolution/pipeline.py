@@ -15,7 +15,8 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
@@ -58,6 +59,7 @@ VERIFY_SLACK = 5.0
 RECOVERY_TIMEOUT = 60.0
 STDERR_EVIDENCE_LINES = 20
 MAX_VERIFY_CALLS = 20  # behaviour checks one proposal may ask for
+TRIAL_WAITS = 3  # times a change waits for an on-disk trial's verdict before withdrawing it
 
 
 class Pipeline(ApprovalStage, BehaviourStage):
@@ -162,9 +164,24 @@ class Pipeline(ApprovalStage, BehaviourStage):
             proposal.reasons.append(unscreened_reason(found))
         return bool(found)
 
+    @asynccontextmanager
+    async def _workspace_after_trial(self) -> AsyncIterator[None]:
+        """The workspace lock, taken once no on-disk trial is in flight: one that began while this
+        waited for the lock (a server starting on the user's edits) gets its verdict first too,
+        rather than being withdrawn unjudged (after `TRIAL_WAITS` turns it is withdrawn)."""
+        for turn in range(TRIAL_WAITS):
+            await self.wait_for_trial()
+            await self.lock.acquire()
+            if turn == TRIAL_WAITS - 1 or not self.trial_paths():
+                break
+            self.lock.release()
+        try:
+            yield
+        finally:
+            self.lock.release()
+
     async def _apply(self, proposal: Proposal, changes: list[FileChange], say: Progress) -> Proposal:
-        await self.wait_for_trial()
-        async with self.lock:
+        async with self._workspace_after_trial():
             refused = self._refuse_reason()
             if refused:
                 proposal.reasons.append(refused)

@@ -174,3 +174,19 @@ async def test_a_proposal_arriving_as_a_server_starts_on_the_users_edits_leaves_
         assert not audited(sup, "rollback", source="on-disk"), "the user's edits were withdrawn from disk unjudged"
         assert audited(sup, "candidate_accepted") and (workspace / "server.py").read_text() == MINE
         assert "mine" in user_git(workspace, "show", f"{sup.supervisor_block()['last_good_commit']}:server.py")
+
+
+async def test_a_users_commit_to_another_running_servers_code_refuses_a_change_that_would_carry_it_into_last_good(
+    tmp_path, make_config, supervisor_factory
+):
+    async with supervisor_factory(two_servers(make_config, tmp_path)) as sup:
+        await serving(sup)
+        workspace = sup.settings.workspace
+        initial = sup.supervisor_block()["last_good_commit"]
+        (workspace / "other.py").write_text("raise SystemExit('broken at import')\n")
+        user_git(workspace, "commit", "-qam", "other, not run yet")
+        result = await sup.propose_change(ChangeRequest("lib v2", changes=[{"path": "lib.py", "content": "X = 2\n"}]))
+        assert result.verdict == "rejected", (result.verdict, result.reasons)
+        assert "other: other.py" in result.reasons[0] and "restart_server other" in result.reasons[0], result.reasons
+        assert sup.supervisor_block()["last_good_commit"] == initial
+        assert git_head(workspace) != initial and "broken" in (workspace / "other.py").read_text()  # theirs, untouched

@@ -154,12 +154,11 @@ class Pipeline(ApprovalStage, BehaviourStage):
 
     async def _unscreened(self, proposal: Proposal, changes: list[FileChange], on_trial: Sequence[str] = ()) -> bool:
         """Refuse (reason added, True) a change whose restart would run code nobody screened."""
-        affected = self.affected([c.path for c in changes])
-        if not affected:
-            return False
+        touched = [c.path for c in changes]
+        running = [c for c in self._children() if c.wanted]
         ws = self.workspace
         last_good = await _io(ws.last_good) or await _io(ws.head)
-        found = await _io(unscreened_code, ws, last_good, affected, [c.path for c in changes], on_trial)
+        found = await _io(unscreened_code, ws, last_good, self.affected(touched), running, touched, on_trial)
         if found:
             proposal.reasons.append(unscreened_reason(found))
         return bool(found)

@@ -7,6 +7,8 @@ yet put on trial by the on-disk guard) the restart would verify code nobody scre
 change's name: caught by the seal as `code_swapped` after the change was committed, or, if
 committed, carried into last good. So such a change is refused before it is approved or
 written, naming the servers, the files and what screens them; nothing on disk is touched.
+Likewise a user's commit past last good in code another running server watches: the change's
+commit would carry it into last good though that server never ran it.
 
 Not counted: the change's own paths (it replaces them), a candidate on trial (judged before the
 change takes the workspace), servers not running (they run nothing; their own start screens
@@ -27,21 +29,34 @@ MAX_LISTED = 10  # files named per server in the reason
 
 
 def unscreened_code(
-    ws: Workspace, last_good: str, children: Sequence[ManagedChild], touched: Iterable[str], on_trial: Iterable[str] = ()
+    ws: Workspace,
+    last_good: str,
+    restarted: Sequence[ManagedChild],
+    running: Sequence[ManagedChild],
+    touched: Iterable[str],
+    on_trial: Iterable[str] = (),
 ) -> dict[str, list[str]]:
-    """{server name: the code it watches where HEAD or the disk differs from `last_good`}, for
-    `children` (those the change would restart), leaving out `touched` and `on_trial` paths."""
-    if not children:
-        return {}
+    """{server name: code it watches that differs from `last_good` and nobody screened}, leaving
+    out `touched` and `on_trial` paths. For `restarted` (the servers the change restarts: they
+    load the disk) a difference on disk or in HEAD counts; for the other `running` ones, one HEAD
+    holds (a user's commit), which the change's commit would carry into last good unrun."""
     skip = set(touched) | set(on_trial)
-    tracked, untracked = ws.changes_since(last_good)
-    new = [p for p in untracked if p not in skip and any(c.config.watch and c.config.watches(p) for c in children)]
-    new_code = set(new) - ws.ignored_at(last_good, new)
-    code = ws.ownership.code_only([p for p in tracked if p not in skip] + sorted(new_code))
+    committed: set[str] = set()
+    if ws.head() != last_good:
+        committed = set(ws.changed_paths(last_good, untracked=False, worktree=False)) - skip
     found: dict[str, list[str]] = {}
-    for child in children:
-        paths = [p for p in code if child.config.watches(p) and (bool(child.config.watch) or p not in new_code)]
-        if paths:
+    if restarted:
+        tracked, untracked = ws.changes_since(last_good)
+        new = [p for p in untracked if p not in skip and any(c.config.watch and c.config.watches(p) for c in restarted)]
+        new_code = set(new) - ws.ignored_at(last_good, new)
+        code = ws.ownership.code_only([p for p in tracked if p not in skip] + sorted(new_code))
+        for child in restarted:
+            paths = [p for p in code if child.config.watches(p) and (bool(child.config.watch) or p not in new_code)]
+            if paths:
+                found[child.name] = sorted(paths)
+    for child in running:
+        paths = ws.ownership.code_only(p for p in committed if child.config.watches(p))
+        if paths and child.name not in found:
             found[child.name] = sorted(paths)
     return found
 

@@ -9,7 +9,9 @@ has them and the child starts on last good. Passed: exactly those paths are comm
 `min_runtime`, the candidate is kept under a rejected ref, the paths put back as last good
 has them and the commit taken off the branch; if it survives, the candidate becomes last good.
 Only servers that run the code on trial judge it: one that starts meanwhile but watches none
-of its paths (an untracked file counts only under an explicit `watch`) is no evidence.
+of its paths (an untracked file counts only under an explicit `watch`) is no evidence. Every
+other running server whose code the candidate changes (a user's commit spanning several
+servers, overlapping watches) is restarted onto it and must hold `min_runtime` too.
 
 Declared `protected_paths` edited on disk are put back from last good (saved first) before
 each start and on a short poll. Operator-owned files (the config, the state folder, the

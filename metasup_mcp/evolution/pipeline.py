@@ -180,6 +180,11 @@ class Pipeline(ApprovalStage, BehaviourStage):
             self.lock.release()
 
     async def _apply(self, proposal: Proposal, changes: list[FileChange], say: Progress) -> Proposal:
+        # Again, for edits made since it was proposed (a human approving). Outside the lock: a child
+        # whose start waits for it while no transaction is marked would block its own restart. A
+        # write after this is still caught by the seal (`code_swapped`).
+        if await self._unscreened(proposal, changes, self.trial_paths()):
+            return await self._finish(proposal, "rejected")
         async with self._workspace_after_trial():
             refused = self._refuse_reason()
             if refused:
@@ -187,8 +192,6 @@ class Pipeline(ApprovalStage, BehaviourStage):
                 return await self._finish(proposal, "rejected")
             # An on-disk candidate still unjudged must not ride into last good under this change.
             await self.withdraw_trial(f"{proposal.id} takes the workspace")
-            if await self._unscreened(proposal, changes):  # edited since it was proposed (a human approving)
-                return await self._finish(proposal, "rejected")
             if self.settings.benchmark is not None:  # the baseline: last good's metric, once
                 await self._measure_baseline(say)
             self.in_transaction = True

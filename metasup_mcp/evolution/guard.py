@@ -9,7 +9,9 @@ has them and the child starts on last good. Passed: exactly those paths are comm
 `min_runtime`, the candidate is kept under a rejected ref, the paths put back as last good
 has them and the commit taken off the branch; if it survives, the candidate becomes last good.
 Only servers that run the code on trial judge it: one that starts meanwhile but watches none
-of its paths (an untracked file counts only under an explicit `watch`) is no evidence.
+of its paths (an untracked file counts only under an explicit `watch`) is no evidence. Every
+other running server whose code the candidate changes (a user's commit spanning several
+servers, overlapping watches) is restarted onto it and must hold `min_runtime` too.
 
 Declared `protected_paths` edited on disk are put back from last good (saved first) before
 each start and on a short poll. Operator-owned files (the config, the state folder, the
@@ -55,6 +57,9 @@ class Trial:
     untracked: frozenset[str] = frozenset()  # of `paths`, those git did not track when it began
     verified: dict[str, int] = field(default_factory=dict)  # server → incarnation that held min_runtime
     stopped: set[str] = field(default_factory=set)  # stopped on purpose before judging: must start again
+    # Other running servers whose code the candidate changes, asked to restart onto it: each must
+    # start on it (and hold min_runtime) before it is judged.
+    awaited: set[str] = field(default_factory=set)
 
     def concerns(self, child: ManagedChild) -> bool:
         """Does `child` run code on trial (by `_code_for`'s rule: an untracked file only under an
@@ -166,12 +171,16 @@ class DiskGuard:
                 if self.trial.concerns(child):  # it runs the candidate: it judges too
                     self.trial.generations[child.name] = child.generation
                     self.trial.stopped.discard(child.name)
+                    self.trial.awaited.discard(child.name)
                 paths = [p for p in paths if p not in self.trial.paths]
                 # One candidate at a time: this server's own edits wait, saved, until that one is judged.
                 busy = (f"candidate {self.trial.id} is on trial: one at a time; these edits are saved (saved_ref) "
                         "and put back as last good has them: restore or propose them once it is judged")
             if not paths:
                 return
+            joining: list[ManagedChild] = []
+            if busy is None:
+                joining, paths = await self._also_on_trial(child, paths, tracked, untracked, last_good)
             trial_id = new_proposal_id(prefix="c")
             saved = await _io(ws.save, paths, f"on-disk edits before candidate {trial_id}")
             paused = self._paused()
@@ -188,10 +197,35 @@ class DiskGuard:
                     raise
                 candidate, made = head, False  # the edits are already committed (by the user)
             self.trial = Trial(trial_id, candidate, last_good, paths, made, saved.ref, {child.name: child.generation},
-                               frozenset(paths) & frozenset(untracked))
+                               frozenset(paths) & frozenset(untracked), awaited={c.name for c in joining})
             await _io(self.audit.append, "candidate", id=trial_id, commit=candidate, last_good=last_good,
-                      server=child.name, paths=paths, saved_ref=saved.ref)
+                      server=child.name, paths=paths, saved_ref=saved.ref, servers=[child.name, *sorted(self.trial.awaited)])
+            for other in joining:  # they run code the candidate changes: onto it, and judged with it
+                other.request_restart()
             logger.info("on-disk edits committed as candidate %s (%s), on trial with %s", trial_id, candidate[:12], child.name)
+
+    async def _also_on_trial(
+        self, child: ManagedChild, paths: list[str], tracked: list[str], untracked: list[str], last_good: str
+    ) -> tuple[list[ManagedChild], list[str]]:
+        """The other running servers whose code the candidate changes, and the paths with theirs.
+
+        The candidate is HEAD plus `paths`: a user's own commit past last good may hold code
+        another server watches, and watches may overlap. Each such server runs the candidate
+        before it is judged (else last good could hold code it never ran), and all the code it
+        watches that differs from last good is in the candidate, so it runs exactly the commit."""
+        ws = self.workspace
+        others = [c for c in self._children() if c is not child and c.wanted]
+        if not others:
+            return [], paths
+        committed: set[str] = set()
+        if await _io(ws.head) != last_good:
+            committed = set(await _io(ws.changed_paths, last_good, untracked=False, worktree=False))
+        theirs = {c.name: set(await _io(self._code_for, c, tracked, untracked, last_good)) for c in others}
+        in_candidate, joining = committed | set(paths), []
+        while grown := [c for c in others if c not in joining and theirs[c.name] & in_candidate]:
+            joining += grown
+            in_candidate |= set().union(*(theirs[c.name] for c in grown))
+        return joining, sorted(set(paths).union(*(theirs[c.name] for c in joining)))
 
     async def _refuse(self, trial_id: str, paths: list[str], last_good: str, saved_ref: str | None,
                       server: str, trigger: str, evidence: str) -> None:
@@ -221,7 +255,7 @@ class DiskGuard:
             return
         if event.kind == "stable":
             trial.verified[event.server] = trial.generations.pop(event.server)
-            if not trial.generations and not trial.stopped:
+            if not trial.generations and not trial.stopped and not trial.awaited:
                 await self._accept(trial)
         elif event.kind == "exited" and event.data.get("requested"):
             # Stopped on purpose (an operator): it judges nothing, and the trial stays open (its
@@ -247,7 +281,7 @@ class DiskGuard:
 
     def _budget(self, trial: Trial) -> float:
         """How long the incarnations on trial may take to be judged (handshake, min_runtime, slack)."""
-        live = [c for c in self._children() if c.name in trial.generations]
+        live = [c for c in self._children() if c.name in trial.generations or c.name in trial.awaited]
         return max((c.handshake_allowance + c.machine.policy.min_runtime for c in live), default=0.0) + 5.0
 
     async def wait_judged(self) -> None:
@@ -257,7 +291,8 @@ class DiskGuard:
         if trial is None:
             return
         with anyio.move_on_after(self._budget(trial)):
-            while self.trial is trial and trial.generations:
+            # Nothing live but none stopped: the verdict is being recorded (it needs the lock too).
+            while self.trial is trial and (trial.generations or trial.awaited or not trial.stopped):
                 await anyio.sleep(0.05)
 
     async def withdraw(self, why: str) -> None:

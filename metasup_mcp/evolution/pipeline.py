@@ -15,7 +15,8 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
@@ -37,6 +38,7 @@ from metasup_mcp.evolution.performance import MetricStore
 from metasup_mcp.evolution.proposals import ChangeSummary, Proposal, ProposalStore, new_proposal_id
 from metasup_mcp.evolution.recovery import finish_interrupted, undo_change
 from metasup_mcp.evolution.seal import seal_code
+from metasup_mcp.evolution.unscreened import unscreened_code, unscreened_reason
 from metasup_mcp.evolution.requests import Asker, ChangeError, ChangeRequest, Progress
 from metasup_mcp.evolution.stages import ApprovalStage, BehaviourStage
 from metasup_mcp.safety.audit import AuditLog
@@ -57,6 +59,7 @@ VERIFY_SLACK = 5.0
 RECOVERY_TIMEOUT = 60.0
 STDERR_EVIDENCE_LINES = 20
 MAX_VERIFY_CALLS = 20  # behaviour checks one proposal may ask for
+TRIAL_WAITS = 3  # times a change waits for an on-disk trial's verdict before withdrawing it
 
 
 class Pipeline(ApprovalStage, BehaviourStage):
@@ -113,6 +116,7 @@ class Pipeline(ApprovalStage, BehaviourStage):
         # then (the lock held) undo it if it still has none.
         self.wait_for_trial: Callable[[], Awaitable[None]] = _nothing
         self.withdraw_trial: Callable[[str], Awaitable[None]] = _nothing
+        self.trial_paths: Callable[[], Sequence[str]] = lambda: ()  # the paths of that trial, if any
 
     @property
     def queue_length(self) -> int:
@@ -144,11 +148,44 @@ class Pipeline(ApprovalStage, BehaviourStage):
             return await self._finish(proposal, "rejected")
         if request.dry_run:
             return await self._finish(proposal, "valid", "dry run: the change set passed validation")
+        if await self._unscreened(proposal, changes, self.trial_paths()):
+            return await self._finish(proposal, "rejected")
         return await self._approve(proposal, changes, request, say)
 
+    async def _unscreened(self, proposal: Proposal, changes: list[FileChange], on_trial: Sequence[str] = ()) -> bool:
+        """Refuse (reason added, True) a change whose restart would run code nobody screened."""
+        touched = [c.path for c in changes]
+        running = [c for c in self._children() if c.wanted]
+        ws = self.workspace
+        last_good = await _io(ws.last_good) or await _io(ws.head)
+        found = await _io(unscreened_code, ws, last_good, self.affected(touched), running, touched, on_trial)
+        if found:
+            proposal.reasons.append(unscreened_reason(found))
+        return bool(found)
+
+    @asynccontextmanager
+    async def _workspace_after_trial(self) -> AsyncIterator[None]:
+        """The workspace lock, taken once no on-disk trial is in flight: one that began while this
+        waited for the lock (a server starting on the user's edits) gets its verdict first too,
+        rather than being withdrawn unjudged (after `TRIAL_WAITS` turns it is withdrawn)."""
+        for turn in range(TRIAL_WAITS):
+            await self.wait_for_trial()
+            await self.lock.acquire()
+            if turn == TRIAL_WAITS - 1 or not self.trial_paths():
+                break
+            self.lock.release()
+        try:
+            yield
+        finally:
+            self.lock.release()
+
     async def _apply(self, proposal: Proposal, changes: list[FileChange], say: Progress) -> Proposal:
-        await self.wait_for_trial()
-        async with self.lock:
+        # Again, for edits made since it was proposed (a human approving). Outside the lock: a child
+        # whose start waits for it while no transaction is marked would block its own restart. A
+        # write after this is still caught by the seal (`code_swapped`).
+        if await self._unscreened(proposal, changes, self.trial_paths()):
+            return await self._finish(proposal, "rejected")
+        async with self._workspace_after_trial():
             refused = self._refuse_reason()
             if refused:
                 proposal.reasons.append(refused)

@@ -134,6 +134,7 @@ class ChangeService:
             paused=self._refuse_reason, on_accepted=pipeline.aftercare.watch, children=self._children,
         )
         pipeline.wait_for_trial, pipeline.withdraw_trial = self.guard.wait_judged, self.guard.withdraw
+        pipeline.trial_paths = lambda: self.guard.trial.paths if self.guard and self.guard.trial else ()
         outcome = await self.pipeline.recover_pending()
         if outcome:
             self._record("recovered", outcome=outcome)

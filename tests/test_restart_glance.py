@@ -190,7 +190,7 @@ async def test_a_restart_with_nothing_to_screen_takes_one_git_status_not_the_ful
     looks: list[str] = []
     for name in ("glance", "changes_since"):
         original = getattr(Workspace, name)
-        monkeypatch.setattr(Workspace, name, lambda self, *a, _o=original, _n=name: (looks.append(_n), _o(self, *a))[1])
+        monkeypatch.setattr(Workspace, name, lambda self, *a, _o=original, _n=name, **k: (looks.append(_n), _o(self, *a, **k))[1])
     async with supervisor_factory(app_config(make_config, tmp_path, restart={"stable_after": "1s"})) as sup:
         child = sup.child("app")
         await eventually(lambda: child.state is ChildState.RUNNING and (child.machine.uptime() or 0) > 1.2, timeout=15)

@@ -121,6 +121,12 @@ class DiskGuard:
             if child.config.watches(p) and not is_protected(p, self.policy, ws.root)
         )
 
+    def _explicitly_watched(self, child: ManagedChild) -> Callable[[str], bool] | None:
+        """Whether a path is named by the explicit `watch` of `child` or another server (whose
+        code may join the candidate); None when no server has one."""
+        watching = [c for c in [child, *self._children()] if c.config.watch]
+        return (lambda p: any(c.config.watches(p) for c in watching)) if watching else None
+
     def _nothing_to_screen(self, child: ManagedChild) -> bool:
         """One `git status` (`Workspace.glance`) instead of the full look, when it proves there is
         nothing to do: HEAD is last good (read from the ref file) and no path that may differ
@@ -129,14 +135,19 @@ class DiskGuard:
         superset of `changes_since`, and `_hidden_edits` finds what git's stat cache cannot."""
         ws = self.workspace
         _, last_good = ws.peek()
-        seen = ws.glance()
+        seen = ws.glance(ignored=bool(child.config.watch))  # what git's rules hide: new code only under a watch
         if last_good is None or seen.head != last_good:
             return False
         if any(self._is_protected(p) for p in seen.changed):
             return False
-        if child.config.watch and any(_is_ignore_file(p) for p in [*seen.changed, *seen.untracked]):
-            return False  # an ignore rule edited on disk may hide a new file it watches
-        return not self._watched_code(child, seen.changed, seen.untracked) and not self._hidden_edits(child, last_good)
+        if self._watched_code(child, seen.changed, seen.untracked):
+            return False
+        if child.config.watch:  # a watched file that a rule on disk hides, judged by last good's rules
+            visible = set(seen.untracked)
+            new = ws.new_files(last_good, lambda p: p not in visible and child.config.watches(p), seen)
+            if self._watched_code(child, [], new):
+                return False
+        return not self._hidden_edits(child, last_good)
 
     def _hidden_edits(self, child: ManagedChild, last_good: str) -> list[str]:
         """Tracked files `child` watches, or protected ones, whose content differs from last good
@@ -156,12 +167,10 @@ class DiskGuard:
                 return  # the restart path's usual case: one git call, not five
             ws = self.workspace
             last_good = await _io(ws.last_good) or await _io(ws.head)
-            tracked, untracked = await _io(ws.changes_since, last_good)
+            # New files count only under an explicit `watch`, judged by last good's committed
+            # `.gitignore` files alone: no rule a child can write on disk hides one.
+            tracked, untracked = await _io(ws.changes_since, last_good, self._explicitly_watched(child))
             tracked = sorted({*tracked, *await _io(self._hidden_edits, child, last_good)})
-            if child.config.watch and any(_is_ignore_file(p) for p in [*tracked, *untracked]):
-                # An ignore file edited on disk must not hide a new file it watches (only under an
-                # explicit `watch` do untracked files count): judged by last good's rules alone.
-                untracked = sorted(set(await _io(ws.untracked_files, False)) - set(tracked))
             await self._revert_protected(last_good, tracked)
             if self.trial is not None and not await self._intact(self.trial, last_good):
                 self.trial = None  # last good moved under it, or its candidate left the tree: start afresh
@@ -412,7 +421,3 @@ class DiskGuard:
         await _io(self.audit.append, "revert", paths=touched, restored_from=last_good, saved_ref=saved.ref)
         self._record("protected_revert", paths=touched, saved_ref=saved.ref)
         logger.warning("put back protected paths from last good (edits saved under %s): %s", saved.ref, ", ".join(touched))
-
-
-def _is_ignore_file(path: str) -> bool:
-    return path.rpartition("/")[2] == ".gitignore"

@@ -53,7 +53,7 @@ def seal_code(ws: Workspace, commit: str, children: Sequence[ManagedChild]) -> t
     root = str(ws.root)
     # Sealed before the content is compared: a write between the two is seen by one or the other.
     seal = CodeSeal(root, {p: _stat(os.path.join(root, p)) for p in files})
-    tracked, untracked = ws.changes_since(commit)
+    tracked, untracked = ws.changes_since(commit, lambda p: _watched(children, p, True))  # by trusted ignore rules
     differing = ws.ownership.code_only(
         [p for p in tracked if _watched(children, p, False)] + [p for p in untracked if _watched(children, p, True)]
     )

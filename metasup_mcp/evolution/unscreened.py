@@ -46,7 +46,8 @@ def unscreened_code(
         committed = set(ws.changed_paths(last_good, untracked=False, worktree=False)) - skip
     found: dict[str, list[str]] = {}
     if restarted:
-        tracked, untracked = ws.changes_since(last_good)
+        # New files judged by last good's committed `.gitignore` files alone (Workspace.new_files).
+        tracked, untracked = ws.changes_since(last_good, lambda p: any(c.config.watch and c.config.watches(p) for c in restarted))
         new = [p for p in untracked if p not in skip and any(c.config.watch and c.config.watches(p) for c in restarted)]
         new_code = set(new) - ws.ignored_at(last_good, new)
         code = ws.ownership.code_only([p for p in tracked if p not in skip] + sorted(new_code))

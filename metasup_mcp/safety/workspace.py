@@ -26,7 +26,7 @@ import shutil
 import stat
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import NamedTuple
@@ -49,6 +49,7 @@ from metasup_mcp.safety.refs import (
     stamp,
 )
 from metasup_mcp.safety.rules import FileChange, is_git_path
+from metasup_mcp.safety.trusted_ignore import TrustedIgnore, keep, walk_nested
 
 logger = logging.getLogger(__name__)
 
@@ -163,20 +164,34 @@ def _is_regular(path: Path) -> bool:
         return False
 
 
+def _is_sha(rev: str) -> bool:
+    return len(rev) in (40, 64) and all(c in "0123456789abcdef" for c in rev)
+
+
 def _nul(paths: Iterable[str]) -> bytes:
     return b"\0".join(p.encode("utf-8", "surrogateescape") for p in paths)
 
 
 class Glance(NamedTuple):
-    """What `Workspace.glance` saw: HEAD (None on an unborn branch) and the paths that may differ."""
+    """What `Workspace.glance` saw: HEAD (None on an unborn branch), the paths that may differ,
+    and (asked for) what git's ignore rules on disk hide (a folder ends in `/`)."""
 
     head: str | None
     changed: list[str]
     untracked: list[str]
+    ignored: tuple[str, ...] = ()
 
 
 class Workspace(GitRepo):
     """Open with `Workspace.open_or_init` or `Workspace.restore_from_bundle`."""
+
+    _trusted_ignore: TrustedIgnore | None = None
+
+    @property
+    def _trusted(self) -> TrustedIgnore:
+        if self._trusted_ignore is None:
+            self._trusted_ignore = TrustedIgnore(self)
+        return self._trusted_ignore
 
     @contextlib.contextmanager
     def _temp_index(self, start: str | None) -> Iterator[dict[str, str]]:
@@ -302,15 +317,35 @@ class Workspace(GitRepo):
         return sorted(changed)
 
     @mapped
-    def changes_since(self, since: str) -> tuple[list[str], list[str]]:
+    def changes_since(self, since: str, watched: Callable[[str], bool] | None = None) -> tuple[list[str], list[str]]:
         """(tracked paths where HEAD or the working tree differs from `since`, untracked files
-        that are not ignored): `changed_paths` split in one pass."""
+        that are not ignored): `changed_paths` split in one pass. With `watched`, the untracked
+        files are `new_files(since, watched)`: judged by `since`'s committed ignore rules alone."""
         tracked = self.changed_paths(since, untracked=False)
-        untracked = sorted(set(self._z("ls-files", "-z", "--others", "--exclude-standard")) - set(tracked))
-        return tracked, untracked
+        listed = self.new_files(since, watched) if watched is not None else self._z("ls-files", "-z", "--others", "--exclude-standard")
+        return tracked, sorted(set(listed) - set(tracked))
 
     @mapped
-    def glance(self) -> Glance:
+    def new_files(self, since: str, watched: Callable[[str], bool], seen: Glance | None = None) -> list[str]:
+        """The untracked files `watched` names that `since`'s COMMITTED `.gitignore` files do not
+        ignore, sorted: what is new code under an explicit `watch`. Git's other rules are not
+        trusted (anyone can write them): a file hidden only by info/exclude, the user's excludes
+        file, or a `.gitignore` untracked or edited on disk is listed, as is every file of an
+        untracked nested repository. `seen`: a `glance(ignored=True)` already taken (the restart
+        path's); past it, git runs only when something hidden may be a watched file.
+        See safety/trusted_ignore.py."""
+        commit = since if _is_sha(since) else self._resolve(since)  # the restart path passes a sha
+        seen = seen if seen is not None else self.glance(ignored=True)
+        hidden = [p for p in seen.ignored if p.endswith("/") or watched(p)]
+        untrusted = sorted(set(hidden) - self._trusted.ignored(commit, hidden)) if hidden else []
+        folders = [p for p in untrusted if p.endswith("/")]
+        inside = [p for batch in _batches(folders) for p in self._z("--literal-pathspecs", "ls-files", "-z", "--others", "--", *batch)]
+        nested = [p for p in [*seen.untracked, *inside] if p.endswith("/")]
+        found = keep([*seen.untracked, *untrusted, *inside, *walk_nested(self.root, nested)], watched)
+        return sorted(set(found) - self._trusted.ignored(commit, found)) if found else []
+
+    @mapped
+    def glance(self, ignored: bool = False) -> Glance:
         """HEAD and every path that may differ from it on disk, in ONE git call (`git status`):
         the restart path's quick look (`DiskGuard.before_start`). A superset: staged, unstaged
         and unmerged paths (`changed`), untracked files that are not ignored (`untracked`).
@@ -319,14 +354,18 @@ class Workspace(GitRepo):
         `core.checkStat` pinned: an edit whose mtime was set back still differs by its ctime).
         Git compares ctime by the second only: a same-size edit in the second the index
         recorded, mtime set back, is not seen here (`evolution/content_check.py` finds it).
-        `--no-optional-locks`: the user's index is read, never rewritten."""
+        `--no-optional-locks`: the user's index is read, never rewritten. With `ignored`, also
+        what the ignore rules on disk hide (`--ignored=matching`: an ignored folder as `dir/`,
+        never walked): the same walk, for `new_files`."""
         proc = self._git(
             "-c", "core.trustctime=true", "-c", "core.checkStat=default", "--no-optional-locks",
             "status", "--porcelain=v2", "-z", "--branch", "--untracked-files=all", "--no-renames",
+            *(["--ignored=matching"] if ignored else []),
         )
         head: str | None = None
         changed: list[str] = []
         untracked: list[str] = []
+        hidden: list[str] = []
         records = iter(proc.stdout.decode("utf-8", "surrogateescape").split("\0"))
         for record in records:
             kind, _, rest = record.partition(" ")
@@ -341,7 +380,9 @@ class Workspace(GitRepo):
                 changed.append(rest.split(" ", 9)[9])
             elif kind == "?":
                 untracked.append(rest)
-        return Glance(head, sorted(p for p in changed if p), sorted(untracked))
+            elif kind == "!":
+                hidden.append(rest)
+        return Glance(head, sorted(p for p in changed if p), sorted(untracked), tuple(sorted(hidden)))
 
     @mapped
     def untracked_files(self, exclude_standard: bool = True) -> list[str]:
@@ -372,30 +413,26 @@ class Workspace(GitRepo):
 
     @mapped
     def ignored(self, paths: Sequence[str]) -> set[str]:
-        """Those of `paths` that git ignores (untracked and matching an ignore rule)."""
+        """Those of `paths` that HEAD's committed `.gitignore` files ignore and git does not track
+        (HEAD or the user's index): never a rule on disk another process could write (see
+        `new_files`)."""
         if not paths:
             return set()
-        proc = self._git("check-ignore", "-z", "--stdin", input=_nul(paths), ok=(0, 1))
-        return {p for p in proc.stdout.decode("utf-8", "surrogateescape").split("\0") if p}
+        head = self._resolve("HEAD")
+        tracked = self._trusted.rules(head).tracked
+        hits = self._trusted.ignored(head, [p for p in paths if p not in tracked])
+        for batch in _batches(sorted(hits)):
+            hits -= set(self._z("--literal-pathspecs", "ls-files", "-z", "--cached", "--", *batch))
+        return hits
 
     @mapped
     def ignored_at(self, commit: str, paths: Sequence[str]) -> set[str]:
-        """Those of `paths` that the ignore rules `commit` holds would ignore (its `.gitignore`
-        files, with info/exclude): what was data before a `.gitignore` on disk was edited."""
+        """Those of `paths` that the `.gitignore` files `commit` holds would ignore (no other
+        rule: info/exclude and the user's excludes file are anyone's to write): what was data
+        before a `.gitignore` on disk was edited. A folder ends in `/`."""
         if not paths:
             return set()
-        rules = [p for p in self._z("ls-tree", "-r", "-z", "--name-only", self._resolve(commit))
-                 if p.rpartition("/")[2] == ".gitignore"]
-        with tempfile.TemporaryDirectory(prefix="metasup-ignore-") as tmp:
-            for rel in rules:
-                target = Path(tmp, rel)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(self._git("cat-file", "blob", f"{commit}:{rel}").stdout)
-            proc = run_git(
-                ["check-ignore", "--no-index", "-z", "--stdin"], cwd=Path(tmp), input=_nul(paths), ok=(0, 1),
-                env=git_env(self.git_dir, Path(tmp)), git_dir=self.git_dir,
-            )
-        return {p for p in proc.stdout.decode("utf-8", "surrogateescape").split("\0") if p}
+        return self._trusted.ignored(commit if _is_sha(commit) else self._resolve(commit), paths)
 
     @mapped
     def initial_commit(self) -> str:

@@ -1,7 +1,7 @@
 """Which untracked files are new code (`Workspace.new_files`): judged by last good's committed
-`.gitignore` files alone, on a real repository. A rule anyone can write on disk (an untracked or
-edited `.gitignore`, info/exclude, the user's excludes file) hides nothing; a nested repository
-hides nothing; the user's real ignored files stay ignored, and looking again costs no git call."""
+`.gitignore` files and the user's own rules as they were when the workspace opened, on a real
+repository. A rule anyone can write on disk since (an untracked or edited `.gitignore`,
+info/exclude, the user's excludes file) hides nothing; a nested repository hides nothing; the user's real ignored files stay ignored, and looking again costs no git call."""
 
 from __future__ import annotations
 
@@ -73,13 +73,28 @@ def test_a_modified_committed_gitignore_is_judged_by_last_goods_version(ws: Work
     assert ws.new_files(last_good, py) == ["evil.py"]
 
 
-def test_rules_in_info_exclude_or_the_users_excludes_file_hide_nothing(ws: Workspace, tmp_path: Path) -> None:
+def test_rules_written_to_info_exclude_or_the_users_excludes_file_after_opening_hide_nothing(ws: Workspace, tmp_path: Path) -> None:
     with (ws.git_dir / "info" / "exclude").open("a") as rules:
         rules.write("evil.py\nhidden/\n")
     write(tmp_path / "home", ".config/git/ignore", "global.py\n")
     for rel in ("evil.py", "hidden/deep/mod.py", "global.py", "hidden/notes.txt", "run.log"):
         write(ws.root, rel)
     assert ws.new_files(ws.head(), py) == ["evil.py", "global.py", "hidden/deep/mod.py"]
+
+
+def test_the_users_own_ignore_rules_as_they_were_when_the_workspace_opened_still_hide(tmp_path: Path, pinned_git: None) -> None:
+    root = tmp_path / "repo"
+    write(root, "app.py")
+    sh(root, "init", "-q")
+    sh(root, "add", "-A")
+    sh(root, "commit", "-qm", "start")
+    (root / ".git" / "info" / "exclude").write_text("scratch.py\n")
+    write(tmp_path / "home", ".config/git/ignore", "*.local.py\n")
+    write(root, "scratch.py")
+    write(root, "settings.local.py", "PASSWORD = 'mine'\n")
+    ws = Workspace.open_or_init(root)
+    assert ws.new_files(ws.head(), py) == []
+    assert ws.ignored(["settings.local.py", "scratch.py"]) == {"settings.local.py", "scratch.py"}
 
 
 def test_every_file_of_an_untracked_nested_repository_is_listed_but_not_its_git_folder(ws: Workspace) -> None:

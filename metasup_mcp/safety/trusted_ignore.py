@@ -4,26 +4,28 @@ Git hides an untracked file from `status` and `ls-files --exclude-standard` on r
 anywhere: every `.gitignore` on disk (untracked, edited, or one that ignores itself),
 `.git/info/exclude`, `core.excludesFile` and `~/.config/git/ignore`; and it lists an untracked
 nested repository as `dir/`, never its files. A child (or anyone) can write all of those, so a
-new file a server runs could start unscreened behind one. Trusted here: only the `.gitignore`
-files a commit (last good) holds, read from the object store. A file those rules ignore stays
-ignored (a `venv/`, `node_modules`, data); one hidden only by another rule, or inside a nested
-repository, is listed as new.
+new file a server runs could start unscreened behind one. Trusted here: the `.gitignore` files
+a commit (last good) holds, read from the object store, and the user's own rules as they were
+when the workspace was opened (`.git/info/exclude` and the user's excludes file, read once
+then: a rule written there later, by a child or anyone, is not trusted). A file those rules
+ignore stays ignored (a `venv/`, `node_modules`, data, the user's `settings.local.py`); one
+hidden only by another rule, or inside a nested repository, is listed as new.
 
 `TrustedIgnore.ignored` answers with `git check-ignore --no-index` run in a throwaway
-repository holding nothing but those `.gitignore` files (no info/exclude, excludes file
-`/dev/null`); the rules and the verdicts are kept per commit, so the restart path asks git
-again only about a path it has not seen (`new_files`).
+repository holding nothing but those rules; the rules and the verdicts are kept per commit,
+so the restart path asks git again only about a path it has not seen (`new_files`).
 """
 
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from metasup_mcp.safety.gitcmd import git_env, run_git
+from metasup_mcp.safety.gitcmd import git_env, run_git, user_excludes_file
 
 if TYPE_CHECKING:
     from metasup_mcp.safety.refs import GitRepo
@@ -31,6 +33,26 @@ if TYPE_CHECKING:
 __all__ = ["TrustedIgnore", "walk_nested"]
 
 MAX_VERDICTS = 20_000  # paths remembered per commit; past it the memory starts afresh
+MAX_RULES_FILE = 1 << 20  # bytes read of the user's own rule files (a fifo or a huge file: nothing)
+
+
+def _read_rules(path: Path) -> bytes:
+    """A regular file's first MAX_RULES_FILE bytes, never through a fifo; b"" when unreadable."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return b""
+    with os.fdopen(fd, "rb") as f:
+        return f.read(MAX_RULES_FILE) if stat.S_ISREG(os.fstat(fd).st_mode) else b""
+
+
+def _users_excludes_file() -> Path:
+    """The user's excludes file as git finds it: `core.excludesFile`, else the XDG default."""
+    configured = user_excludes_file()
+    if configured is not None:
+        return Path(configured)
+    home = Path(os.environ.get("HOME") or "~").expanduser()
+    return Path(os.environ.get("XDG_CONFIG_HOME") or home / ".config") / "git" / "ignore"
 
 
 def _nul(paths: Iterable[str]) -> bytes:
@@ -51,8 +73,11 @@ class TrustedIgnore:
     """The ignore rules a commit holds, and which paths they ignore (one commit cached)."""
 
     def __init__(self, repo: GitRepo) -> None:
+        """Reads the user's own rules now: build it when the workspace is opened."""
         self._repo = repo
         self._rules: _Rules | None = None
+        self._info_exclude = _read_rules(repo.git_dir / "info" / "exclude")
+        self._user_excludes = _read_rules(_users_excludes_file())
 
     def rules(self, commit: str) -> _Rules:
         """`commit`'s (a full sha) committed `.gitignore` files, read once per commit: regular
@@ -92,20 +117,24 @@ class TrustedIgnore:
         return {p for p in paths if rules.verdicts[p]}
 
     def _check(self, files: dict[str, bytes], paths: list[str]) -> set[str]:
-        if not files:
+        if not files and not self._info_exclude and not self._user_excludes:
             return set()
         with tempfile.TemporaryDirectory(prefix="metasup-ignore-") as tmp:
-            root = Path(tmp)
-            git_dir = root / ".git"  # a repository by hand: no hooks, no info/exclude, no config
+            root = Path(tmp, "tree")
+            git_dir = root / ".git"  # a repository by hand: no hooks, no config
             (git_dir / "objects").mkdir(parents=True)
             (git_dir / "refs").mkdir()
+            (git_dir / "info").mkdir()
             (git_dir / "HEAD").write_bytes(b"ref: refs/heads/main\n")
+            (git_dir / "info" / "exclude").write_bytes(self._info_exclude)
+            excludes = Path(tmp, "excludes")
+            excludes.write_bytes(self._user_excludes)
             for rel, data in files.items():
                 target = root / rel
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(data)
             proc = run_git(
-                ["-c", "core.excludesFile=/dev/null", "check-ignore", "--no-index", "-z", "--stdin"],
+                ["-c", f"core.excludesFile={excludes}", "check-ignore", "--no-index", "-z", "--stdin"],
                 cwd=root, env=git_env(git_dir, root), input=_nul(paths), ok=(0, 1),
             )
         return {p for p in proc.stdout.decode("utf-8", "surrogateescape").split("\0") if p}

@@ -259,6 +259,7 @@ class Workspace(GitRepo):
             git_dir = root / ".git"
         ws = cls(root, git_dir, ownership or Ownership(root))
         ws.add_excludes(exclude)
+        ws._trusted_ignore = TrustedIgnore(ws)  # the user's own ignore rules as they are now
         if ws._git("rev-parse", "--verify", "--quiet", "HEAD", ok=(0, 1)).returncode == 1:
             ws._first_commit()
         return ws
@@ -736,6 +737,7 @@ class Workspace(GitRepo):
         dot_git, patterns = bundles.rebuild_git_dir(root, backup_dir)
         ws = cls(root, dot_git, ownership or Ownership(root))
         ws.add_excludes([*patterns, *exclude])
+        ws._trusted_ignore = TrustedIgnore(ws)
         ws._git("reset", "-q")  # index from HEAD; the working tree is untouched
         return ws
 

@@ -120,9 +120,6 @@ async def test_a_new_watched_file_in_a_folder_made_a_nested_repository_is_screen
         assert [c["data"]["paths"] for c in audited(sup, "candidate")] == [["plugins/evil.py"]]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "unscreened_code and seal_code use changes_since (git's stat cache), not ContentCheck: a same-second "
-    'same-size edit with mtime set back is restarted onto unscreened and last good moves past it'))
 async def test_an_edit_hidden_from_gits_stat_cache_refuses_a_proposal_that_would_restart_onto_it(
     tmp_path, make_config, supervisor_factory
 ):
@@ -294,9 +291,6 @@ async def test_a_staged_but_uncommitted_edit_refuses_a_proposal_that_would_resta
         assert user_git(workspace, "diff", "--cached", "--name-only") == "server.py", "the user's staging was touched"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "unscreened_code skips stopped servers ('their own start screens the edits'), but once the change is "
-    'accepted HEAD == last good and that start screens nothing'))
 async def test_a_users_commit_to_a_stopped_servers_code_never_rides_into_last_good_on_another_change(
     tmp_path, make_config, supervisor_factory
 ):
@@ -312,6 +306,7 @@ async def test_a_users_commit_to_a_stopped_servers_code_never_rides_into_last_go
         last_good = sup.supervisor_block()["last_good_commit"]
         ancestor = subprocess_ok(workspace, "merge-base", "--is-ancestor", mine, last_good)
         assert not (result.verdict == "applied" and ancestor), "the user's unrun commit became part of last good"
+        assert result.verdict == "rejected" and "start_server other" in result.reasons[0], result.reasons
 
 
 async def test_a_watched_file_a_child_swaps_for_a_symlink_out_is_put_back_before_the_restart(

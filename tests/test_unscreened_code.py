@@ -12,6 +12,7 @@ from metasup_mcp.evolution.unscreened import unscreened_code, unscreened_reason
 from metasup_mcp.safety.ownership import Ownership
 from metasup_mcp.safety.workspace import Workspace
 from tests.ownership_support import user_git, user_repo
+from tests.test_restart_glance import hide_from_git
 
 
 def server(name: str, *watch: str) -> SimpleNamespace:
@@ -49,12 +50,27 @@ def test_the_changes_own_paths_and_a_candidate_on_trial_are_not_unscreened(tmp_p
     assert unscreened_code(ws, base, [app], [], touched=["server.py"], on_trial=["src/lib.py"]) == {}
 
 
-def test_a_users_commit_counts_for_every_running_server_whose_code_it_changes(tmp_path):
+def test_a_users_commit_counts_for_every_server_whose_code_it_changes_running_or_stopped(tmp_path):
     ws, repo, base = opened(tmp_path)
     app, other = server("app", "server.py"), server("other", "src/")
     (repo / "src" / "lib.py").write_text("X = 2\n")
     user_git(repo, "commit", "-qam", "mine")
     assert unscreened_code(ws, base, [app], [app, other], []) == {"other": ["src/lib.py"]}
-    assert unscreened_code(ws, base, [app], [app], []) == {}  # other stopped: it runs nothing
     reason = unscreened_reason({"other": ["src/lib.py"]})
     assert reason.startswith("unscreened_edits:") and "restart_server other" in reason and "src/lib.py" in reason
+    stopped = unscreened_reason({"other": ["src/lib.py"]}, stopped={"other"})
+    assert "start_server other" in stopped and "restart_server" not in stopped
+
+
+def test_a_stopped_servers_uncommitted_edits_do_not_count_the_change_never_commits_them(tmp_path):
+    ws, repo, base = opened(tmp_path)
+    app, other = server("app", "server.py"), server("other", "src/")
+    (repo / "src" / "lib.py").write_text("X = 2\n")  # on disk only: its own start screens it
+    assert unscreened_code(ws, base, [app], [app, other], ["server.py"]) == {}
+
+
+def test_an_edit_git_cannot_see_counts_for_a_restarted_server(tmp_path):
+    ws, repo, base = opened(tmp_path)
+    app = server("app", "server.py", "src/")
+    hide_from_git(repo, "src/lib.py", "X = 9\n")
+    assert unscreened_code(ws, base, [app], [app], ["server.py"]) == {"app": ["src/lib.py"]}

@@ -31,6 +31,7 @@ from metasup_mcp.children.child import ChildEvent, ManagedChild
 from metasup_mcp.children.events import EventHub
 from metasup_mcp.evolution.content_check import ContentCheck
 from metasup_mcp.evolution.proposals import new_proposal_id
+from metasup_mcp.evolution.watched import code_by_server, differing_from, new_code_filter, watches_code
 from metasup_mcp.safety.audit import AuditLog
 from metasup_mcp.safety.history import LastGoodHistory, move_last_good
 from metasup_mcp.safety.rules import ChangePolicy, is_protected
@@ -62,11 +63,9 @@ class Trial:
     awaited: set[str] = field(default_factory=set)
 
     def concerns(self, child: ManagedChild) -> bool:
-        """Does `child` run code on trial (by `_code_for`'s rule: an untracked file only under an
+        """Does `child` run code on trial (by watched.py's rule: an untracked file only under an
         explicit `watch`)? Only such a child's death is evidence against the edits."""
-        return any(
-            child.config.watches(p) and (p not in self.untracked or bool(child.config.watch)) for p in self.paths
-        )
+        return any(watches_code(child.config, p, p in self.untracked) for p in self.paths)
 
 
 class DiskGuard:
@@ -104,28 +103,20 @@ class DiskGuard:
         self.trial: Trial | None = None
         self._content = ContentCheck(workspace)  # edits git's stat cache cannot see (same second, same size)
 
-    def _code_for(self, child: ManagedChild, tracked: Sequence[str], untracked: Sequence[str], last_good: str) -> list[str]:
-        """Changed files this server watches. An untracked file counts only under an explicit
-        `watch` glob: with none (watch everything), a stray TODO.txt is the user's, not code.
-        Nor does one that last good's ignore rules ignore: a child deleting `.gitignore` on
-        disk does not turn `venv/` or `.env` into code."""
-        new = self._watched_code(child, [], untracked)
-        return self._watched_code(child, tracked, sorted(set(new) - self.workspace.ignored_at(last_good, new)))
-
-    def _watched_code(self, child: ManagedChild, tracked: Sequence[str], untracked: Sequence[str]) -> list[str]:
-        """`_code_for` without last good's ignore rules (which only ever take paths away)."""
+    def _code_for(
+        self, child: ManagedChild, tracked: Sequence[str], untracked: Sequence[str], last_good: str | None
+    ) -> list[str]:
+        """Changed files that are this server's code (watched.py's rule, judging untracked files
+        by last good's ignore rules; None: as listed), less protected paths (put back, never
+        screened)."""
         ws = self.workspace
-        new = [p for p in untracked if child.config.watches(p)] if child.config.watch else []
-        return sorted(
-            p for p in ws.ownership.code_only([*tracked, *new])
-            if child.config.watches(p) and not is_protected(p, self.policy, ws.root)
-        )
+        code = code_by_server(ws, [child], tracked, untracked, last_good)[child.name]
+        return [p for p in code if not is_protected(p, self.policy, ws.root)]
 
     def _explicitly_watched(self, child: ManagedChild) -> Callable[[str], bool] | None:
         """Whether a path is named by the explicit `watch` of `child` or another server (whose
         code may join the candidate); None when no server has one."""
-        watching = [c for c in [child, *self._children()] if c.config.watch]
-        return (lambda p: any(c.config.watches(p) for c in watching)) if watching else None
+        return new_code_filter([child, *self._children()])
 
     def _nothing_to_screen(self, child: ManagedChild) -> bool:
         """One `git status` (`Workspace.glance`) instead of the full look, when it proves there is
@@ -140,12 +131,12 @@ class DiskGuard:
             return False
         if any(self._is_protected(p) for p in seen.changed):
             return False
-        if self._watched_code(child, seen.changed, seen.untracked):
+        if self._code_for(child, seen.changed, seen.untracked, None):
             return False
         if child.config.watch:  # a watched file that a rule on disk hides, judged by last good's rules
             visible = set(seen.untracked)
             new = ws.new_files(last_good, lambda p: p not in visible and child.config.watches(p), seen)
-            if self._watched_code(child, [], new):
+            if self._code_for(child, [], new, None):
                 return False
         return not self._hidden_edits(child, last_good)
 
@@ -167,10 +158,11 @@ class DiskGuard:
                 return  # the restart path's usual case: one git call, not five
             ws = self.workspace
             last_good = await _io(ws.last_good) or await _io(ws.head)
+            wanted = lambda p: self._is_protected(p) or child.config.watches(p)  # noqa: E731
             # New files count only under an explicit `watch`, judged by last good's committed
             # `.gitignore` files alone: no rule a child can write on disk hides one.
-            tracked, untracked = await _io(ws.changes_since, last_good, self._explicitly_watched(child))
-            tracked = sorted({*tracked, *await _io(self._hidden_edits, child, last_good)})
+            new = self._explicitly_watched(child)
+            tracked, untracked = await _io(differing_from, ws, self._content, last_good, wanted, new)
             await self._revert_protected(last_good, tracked)
             if self.trial is not None and not await self._intact(self.trial, last_good):
                 self.trial = None  # last good moved under it, or its candidate left the tree: start afresh

@@ -33,6 +33,7 @@ from metasup_mcp.evolution.approval import PendingContent
 from metasup_mcp.evolution.behaviour import BehaviourCheck, VerifyCall
 from metasup_mcp.evolution.aftercare import Aftercare, restart_and_settle, runs_python
 from metasup_mcp.evolution.checks import run_checks, trigger_for
+from metasup_mcp.evolution.content_check import ContentCheck
 from metasup_mcp.evolution.coordinator import Coordinator
 from metasup_mcp.evolution.performance import MetricStore
 from metasup_mcp.evolution.proposals import ChangeSummary, Proposal, ProposalStore, new_proposal_id
@@ -109,6 +110,7 @@ class Pipeline(ApprovalStage, BehaviourStage):
         self._healthy_before: set[str] = set()
         self._began_at = 0.0  # clock time the transaction in flight began
         self.aftercare = Aftercare(self)  # probation, and bringing last good back to health
+        self._content = ContentCheck(workspace)  # edits git's stat cache cannot see (same second, same size)
         self.sandbox: SandboxPlan | None = None  # what checks run in (set by the Supervisor)
         # Why nothing may be accepted now (protected files tampered with), or None; set by the Supervisor.
         self.integrity_check: Callable[[], str | None] = lambda: None
@@ -155,12 +157,13 @@ class Pipeline(ApprovalStage, BehaviourStage):
     async def _unscreened(self, proposal: Proposal, changes: list[FileChange], on_trial: Sequence[str] = ()) -> bool:
         """Refuse (reason added, True) a change whose restart would run code nobody screened."""
         touched = [c.path for c in changes]
-        running = [c for c in self._children() if c.wanted]
+        servers, restarted = list(self._children()), self.affected(touched)
         ws = self.workspace
         last_good = await _io(ws.last_good) or await _io(ws.head)
-        found = await _io(unscreened_code, ws, last_good, self.affected(touched), running, touched, on_trial)
+        found = await _io(unscreened_code, ws, last_good, restarted, servers, touched, on_trial, self._content)
         if found:
-            proposal.reasons.append(unscreened_reason(found))
+            stopped = {c.name for c in servers if not c.wanted and c not in restarted}
+            proposal.reasons.append(unscreened_reason(found, stopped))
         return bool(found)
 
     @asynccontextmanager
@@ -337,7 +340,7 @@ class Pipeline(ApprovalStage, BehaviourStage):
         affected = self.affected([c.path for c in changes])
         commit = proposal.commit or await _io(self.workspace.head)
         # What is checked and restarted must be the commit itself, until it is accepted (see seal.py).
-        seal, differing = await _io(seal_code, self.workspace, commit, affected)
+        seal, differing = await _io(seal_code, self.workspace, commit, affected, self._content)
         if differing:
             return "code_swapped", (
                 f"code the restarted servers watch differs on disk from {commit[:12]}: {', '.join(differing[:20])}. "

@@ -7,8 +7,9 @@ restarted servers watch must be on disk as the commit has it, and its files are 
 size, mtime and ctime: a process can reset mtime, not ctime); right before acceptance the seal
 must still hold. Either failing rolls the change back with trigger `code_swapped`.
 
-Code is what the on-disk guard screens: tracked files under the servers' `watch` (untracked
-ones only under an explicit `watch`), never data, ignored or operator-owned files.
+Code is what the on-disk guard screens (watched.py): tracked files under the servers' `watch`
+(untracked ones only under an explicit `watch`), never data, ignored or operator-owned files;
+differing by content too, where git's stat cache cannot see an edit.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from metasup_mcp.children.child import ManagedChild
+from metasup_mcp.evolution.content_check import ContentCheck
+from metasup_mcp.evolution.watched import code_by_server, differing_from, new_code_filter, watches_code
 from metasup_mcp.safety.workspace import Workspace
 
 __all__ = ["CodeSeal", "seal_code"]
@@ -43,18 +46,17 @@ class CodeSeal:
         return sorted(p for p, before in self.stats.items() if _stat(os.path.join(self.root, p)) != before)
 
 
-def _watched(children: Sequence[ManagedChild], path: str, untracked: bool) -> bool:
-    return any(c.config.watches(path) and (c.config.watch or not untracked) for c in children)
-
-
-def seal_code(ws: Workspace, commit: str, children: Sequence[ManagedChild]) -> tuple[CodeSeal, list[str]]:
-    """(a seal over the code `children` watch, the paths where the disk differs from `commit`)."""
-    files = ws.ownership.code_only([p for p in ws.tracked_files(commit) if _watched(children, p, False)])
+def seal_code(
+    ws: Workspace, commit: str, children: Sequence[ManagedChild], content: ContentCheck | None = None
+) -> tuple[CodeSeal, list[str]]:
+    """(a seal over the code `children` watch, the paths where the disk differs from `commit`,
+    by git and by content: `content`, else a fresh `ContentCheck`)."""
+    files = [p for p in ws.tracked_files(commit) if any(watches_code(c.config, p, False) for c in children)]
+    files = ws.ownership.code_only(files)
     root = str(ws.root)
     # Sealed before the content is compared: a write between the two is seen by one or the other.
     seal = CodeSeal(root, {p: _stat(os.path.join(root, p)) for p in files})
-    tracked, untracked = ws.changes_since(commit, lambda p: _watched(children, p, True))  # by trusted ignore rules
-    differing = ws.ownership.code_only(
-        [p for p in tracked if _watched(children, p, False)] + [p for p in untracked if _watched(children, p, True)]
-    )
+    watched = lambda p: any(c.config.watches(p) for c in children)  # noqa: E731
+    tracked, untracked = differing_from(ws, content or ContentCheck(ws), commit, watched, new_code_filter(children))
+    differing = set().union(*code_by_server(ws, children, tracked, untracked, commit).values())
     return seal, sorted(differing)

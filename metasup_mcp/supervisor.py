@@ -49,7 +49,7 @@ from metasup_mcp.safety.integrity import IntegrityGuard, Tamper
 from metasup_mcp.gateway import Gateway
 from metasup_mcp.gateway.naming import allowed, exposed_name
 from metasup_mcp.operator_gate import OperatorGate
-from metasup_mcp.safety.workspace import WorkspaceError
+from metasup_mcp.safety.workspace import REF_LAST_GOOD, WorkspaceError
 
 logger = logging.getLogger(__name__)
 
@@ -157,6 +157,11 @@ class Supervisor:
         guard.seal()
         if self.changes.workspace is not None:
             self.changes.workspace.before_git = guard.check
+            # Without the sandbox a child can move refs: last good is what the supervisor set, and
+            # a ref moved by anyone else is a finding (put back by the workspace).
+            self.changes.workspace.on_foreign_last_good = lambda found, ours: guard.report(
+                REF_LAST_GOOD, f"moved to {found or 'nothing'} by someone else (the supervisor set {ours}); put back"
+            )
         return guard
 
     def integrity_check(self) -> str | None:

@@ -246,9 +246,6 @@ async def test_an_edit_to_a_watched_file_git_is_told_to_ignore_is_screened_befor
         assert await served_version(sup) == "2"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    'without the sandbox, refs/metasup/last-good is a plain ref nothing seals: a child moves it onto its '
-    'own commit and the fast path sees HEAD == last good'))
 async def test_a_last_good_ref_moved_by_a_child_onto_its_own_commit_does_not_let_that_commit_start_unscreened(
     tmp_path, make_config, supervisor_factory
 ):
@@ -261,6 +258,10 @@ async def test_a_last_good_ref_moved_by_a_child_onto_its_own_commit_does_not_let
         await crash_and_restart(sup)
         version = await served_version(sup)
         assert version != "forged" or audited(sup, "candidate") or sup.integrity.tamper is not None, version
+        # Put back, reported as tamper, and the forged commit screened as it would have been (refused meanwhile).
+        assert version == "1" and sup.integrity.tamper is not None, (version, sup.integrity.tamper)
+        assert user_git(workspace, "rev-parse", "refs/metasup/last-good") == sup.supervisor_block()["last_good_commit"]
+        assert sup.supervisor_block()["last_good_commit"] != user_git(workspace, "rev-parse", "HEAD")
 
 
 # --- 3. the unscreened-edits refusal ---------------------------------------------------------

@@ -67,7 +67,7 @@ class IntegrityGuard:
         self._lock = threading.Lock()
         self._sealed: dict[Path, str] = {}
         self._digests = _StatCache()
-        self._findings: dict[Path, str] = {}
+        self._findings: dict[Path | str, str] = {}  # a path, or what `report` names
         self.tamper: Tamper | None = None  # what has been found (and reported) since the last seal
         self.on_tamper: Callable[[Tamper], None] | None = None
 
@@ -89,6 +89,13 @@ class IntegrityGuard:
         with self._lock:
             if path in self._sealed:
                 self._sealed[path] = _fingerprint(path, True)
+
+    def report(self, subject: str, what: str) -> None:
+        """A change behind the supervisor's back found elsewhere (a ref it did not set, see
+        refs.py): a finding like a sealed file's, sticky until `seal()`, reported through `check`."""
+        with self._lock:
+            self._findings.setdefault(subject, what)
+        self.check()
 
     def check(self) -> Tamper | None:
         """What changed behind the supervisor's back since the last seal; a new finding is

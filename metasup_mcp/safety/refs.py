@@ -1,7 +1,10 @@
 """Plumbing shared by every workspace operation, and the supervisor's refs under refs/metasup/.
 
 - `last-good`: the commit that last passed verification; `verified/<time>-<n>`: every commit
-  that once was (pruned by `keep_commits`, never one in the last-good history);
+  that once was (pruned by `keep_commits`, never one in the last-good history). Without a
+  kernel sandbox a child can move a ref, so last good is read as the supervisor last set it
+  (or found it at start), never as the ref says: a ref moved by anyone else is reported
+  (`on_foreign_last_good`, a `tamper`) and put back;
 - `rejected/<id>`: changes that failed (pruned by `keep_commits`);
 - `saved/<time>-<n>`: user work saved before the supervisor overwrote it (never pruned).
 """
@@ -11,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import re
 import subprocess
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -55,6 +59,10 @@ class GitRepo:
         # Run before every git call: without a kernel sandbox, the integrity check of what the
         # supervisor trusts (docs/isolation.md); it records findings, it never blocks git.
         self.before_git: Callable[[], object] | None = None
+        self._last_good_set: str | None = None  # last good as this supervisor set it (or first found it)
+        self._last_good_lock = threading.Lock()  # held while the ref is read against, or moved with, it
+        # Told (found, set) when the last-good ref holds another commit than the one set: not ours.
+        self.on_foreign_last_good: Callable[[str | None, str], object] | None = None
 
     # --- plumbing ----------------------------------------------------------------------
 
@@ -130,18 +138,49 @@ class GitRepo:
         head = ref("HEAD")
         if head is not None and head.startswith("ref: "):
             head = ref(head[5:])
-        return head, ref(REF_LAST_GOOD)
+        if not self._last_good_lock.acquire(blocking=False):
+            return head, self._last_good_set  # the supervisor is moving it right now
+        try:
+            found = ref(REF_LAST_GOOD)
+            ours, foreign = self._as_set(found) if found is not None else (self._last_good_set, False)
+        finally:
+            self._last_good_lock.release()
+        if foreign:  # unreadable here: `last_good()` tells
+            self._tell_foreign(found, ours)
+        return head, ours
 
     @mapped
     def last_good(self) -> str | None:
-        proc = self._git("rev-parse", "--verify", "--quiet", REF_LAST_GOOD + "^{commit}", ok=(0, 1))
-        return proc.stdout.decode().strip() if proc.returncode == 0 else None
+        """Last good as the supervisor set it; a ref someone else moved is reported and put back."""
+        with self._last_good_lock:
+            proc = self._git("rev-parse", "--verify", "--quiet", REF_LAST_GOOD + "^{commit}", ok=(0, 1))
+            found = proc.stdout.decode().strip() if proc.returncode == 0 else None
+            ours, foreign = self._as_set(found)
+            if foreign and ours is not None:
+                self._git("update-ref", REF_LAST_GOOD, ours)
+        if foreign:
+            self._tell_foreign(found, ours)
+        return ours
+
+    def _as_set(self, found: str | None) -> tuple[str | None, bool]:
+        """(the last good this supervisor set, whether the ref's value `found` differs from it).
+        Before it set or read one, `found` is taken as set (at start, as the integrity guard
+        seals what it finds)."""
+        if self._last_good_set is None:
+            self._last_good_set = found
+        return self._last_good_set, found != self._last_good_set
+
+    def _tell_foreign(self, found: str | None, ours: str | None) -> None:
+        if self.on_foreign_last_good is not None and ours is not None:
+            self.on_foreign_last_good(found, ours)
 
     @mapped
     def mark_last_good(self, commit: str) -> None:
         """Move last good, and remember the commit as verified (a rollback target later)."""
         sha = self._resolve(commit)
-        self._git("update-ref", REF_LAST_GOOD, sha)
+        with self._last_good_lock:
+            self._git("update-ref", REF_LAST_GOOD, sha)
+            self._last_good_set = sha
         if sha not in self.verified_commits():
             self._create_ref(REF_VERIFIED + stamp(), sha)
 

@@ -422,6 +422,8 @@ class ChangeService:
 
     def _use(self, ws: Workspace) -> None:
         """Point everything that works on the workspace at this one (after a restore)."""
+        if self.workspace is not None:  # the integrity check and the foreign-last-good report go on
+            ws.before_git, ws.on_foreign_last_good = self.workspace.before_git, self.workspace.on_foreign_last_good
         self.workspace = ws
         if self.pipeline is not None:
             self.pipeline.workspace = ws

@@ -11,6 +11,7 @@ from metasup_mcp.children.state import ChildState
 from metasup_mcp.evolution.pipeline import ChangeRequest
 from metasup_mcp.evolution.service import ChangeError
 from metasup_mcp.supervisor import Supervisor
+from tests.conftest import eventually
 from tests.safety_support import SERVER_SOURCE, app_config, git, served_version, with_version
 
 pytestmark = pytest.mark.anyio
@@ -181,7 +182,8 @@ async def test_concurrent_proposals_are_serialised_and_told_their_place_in_the_q
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(run, "first", "2")
-            await anyio.wait_all_tasks_blocked()  # the first holds the pipeline
+            # The first holds the pipeline (its checks before that run in threads, which look blocked).
+            await eventually(lambda: "writing the change" in heard["first"], timeout=10)
             tg.start_soon(run, "second", "3")
         first, second = results["first"], results["second"]
         assert any(m.startswith("queued: position") for m in heard["second"]), heard

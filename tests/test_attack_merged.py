@@ -170,9 +170,6 @@ def _as_saved(ws: Workspace, outside: Path) -> None:
 
 
 @pytest.mark.parametrize("plant", ["symlink_out", "fifo"])
-@pytest.mark.xfail(strict=True, reason=(
-    'put_back(Savepoint) writes through _write_raw/write_at, which refuses a symlink or fifo at the path '
-    "instead of removing it: the rollback raises and leaves the child's link"))
 def test_a_rollback_puts_the_users_file_back_where_a_child_left_a_symlink_or_a_fifo(ws: Workspace, plant: str) -> None:
     def tamper(root: Path, outside: Path) -> None:
         (root / "pkg" / "mod.py").unlink()
@@ -185,9 +182,6 @@ def test_a_rollback_puts_the_users_file_back_where_a_child_left_a_symlink_or_a_f
     _as_saved(ws, outside)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    '_on_disk lists both the symlinked folder and the path below it, so save() stages `newdir` and '
-    '`newdir/new.py` (index conflict) and the rollback raises'))
 def test_a_rollback_puts_things_back_where_a_child_made_a_new_folder_a_symlink_out(ws: Workspace) -> None:
     def tamper(root: Path, outside: Path) -> None:
         shutil.rmtree(root / "newdir")
@@ -207,9 +201,6 @@ def test_a_rollback_never_writes_through_a_hardlink_to_a_file_outside(ws: Worksp
     _as_saved(ws, outside)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    'the rollback raises (write_at refuses the symlink), recovery repeats it and fails too: HEAD stays on'
-    ' the bad commit and server.py stays a symlink to a file outside'))
 async def test_a_change_whose_server_swaps_its_file_for_a_symlink_out_is_still_rolled_back_to_last_good(
     tmp_path, make_config, supervisor_factory
 ):

@@ -59,16 +59,23 @@ def unlink_inside(root: Path, rel: str) -> None:
         pass
 
 
-def write_at(dir_fd: int, name: str, data: bytes, executable: bool | None = None) -> None:
+def write_at(dir_fd: int, name: str, data: bytes, executable: bool | None = None, *, replace_other: bool = False) -> None:
     """Write `name` atomically with the mode of the file it replaces; `executable` (git's one
-    mode bit) sets or clears the execute bits where the read bits are."""
+    mode bit) sets or clears the execute bits where the read bits are.
+
+    A symlink, fifo, socket or device at `name` is refused, or with `replace_other` replaced
+    itself (the rename swaps the entry, never following it; a put-back has saved it first).
+    A folder is always refused: its caller empties it first.
+    """
     try:
         st: os.stat_result | None = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
     except FileNotFoundError:
         st = None
     if st is not None and not stat.S_ISREG(st.st_mode):
-        kind = "a symlink" if stat.S_ISLNK(st.st_mode) else "not a regular file"
-        raise WorkspaceError(f"refusing to write {name!r}: it is {kind}")
+        kind = "a symlink" if stat.S_ISLNK(st.st_mode) else "a folder" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+        if not replace_other or stat.S_ISDIR(st.st_mode):
+            raise WorkspaceError(f"refusing to write {name!r}: it is {kind}")
+        st = None  # its mode says nothing about the file going back
     tmp = f".metasup-{secrets.token_hex(6)}.tmp"  # short: `name` may already be NAME_MAX long
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666, dir_fd=dir_fd)
     try:

@@ -142,7 +142,7 @@ WRITERS = 8  # files written at once: each waits on its own fsync, which a disk 
 
 def _write_one(root: Path, path: str, data: bytes, executable: bool) -> None:
     with parent_dir(root, path, create=True) as (dir_fd, name):
-        write_at(dir_fd, name, data, executable=executable)
+        write_at(dir_fd, name, data, executable=executable, replace_other=True)  # a child's symlink or fifo there goes
 
 
 def _write_files(root: Path, files: Sequence[tuple[str, bytes, bool]]) -> None:
@@ -166,6 +166,13 @@ def _is_regular(path: Path) -> bool:
 
 def _is_sha(rev: str) -> bool:
     return len(rev) in (40, 64) and all(c in "0123456789abcdef" for c in rev)
+
+
+def _ancestors(path: str) -> Iterator[str]:
+    """`a/b/c` → `a/b`, `a`."""
+    while "/" in path:
+        path = path.rpartition("/")[0]
+        yield path
 
 
 def _nul(paths: Iterable[str]) -> bytes:
@@ -215,10 +222,12 @@ class Workspace(GitRepo):
                 shutil.copyfile(index, env["GIT_INDEX_FILE"])
             return self._out("write-tree", env=env)
 
-    def _stage(self, paths: Sequence[str], env: Mapping[str, str] | None = None) -> None:
-        """Index entries for `paths` from disk, ignore rules not consulted; absent ones removed."""
+    def _stage(self, paths: Sequence[str], env: Mapping[str, str] | None = None, *, replace: bool = False) -> None:
+        """Index entries for `paths` from disk, ignore rules not consulted; absent ones removed.
+        `replace`: an entry a path now stands in the way of (`a/b` of a file `a`) goes."""
         if paths:
-            self._git("update-index", "--add", "--remove", "-z", "--stdin", input=_nul(paths), env=env)
+            flags = ("--replace",) if replace else ()
+            self._git("update-index", "--add", "--remove", *flags, "-z", "--stdin", input=_nul(paths), env=env)
 
     def _index_from(self, entries: Mapping[str, TreeEntry], paths: Sequence[str]) -> None:
         """The user's index entries for `paths` as `entries` (a listing of the source) has them;
@@ -496,7 +505,8 @@ class Workspace(GitRepo):
 
     def _on_disk(self, paths: Iterable[str]) -> list[str]:
         """The files a write of `paths` could remove: each path, or every file under it when it
-        is a folder on disk, and a file (or symlink) standing where a path needs a folder."""
+        is a folder on disk, and a file (or symlink) standing where a path needs a folder (then
+        nothing below it: git holds no path both as a file and as a folder)."""
         found: set[str] = set()
         for path in paths:
             parts = path.split("/")
@@ -506,15 +516,16 @@ class Workspace(GitRepo):
                 if here.is_symlink() or (os.path.lexists(here) and not here.is_dir()):
                     found.add(prefix)
                     break
-            full = self.root / path
-            if full.is_dir() and not full.is_symlink():
-                for folder, dirs, files in os.walk(full):  # symlinked folders are listed, not entered
-                    dirs[:] = [d for d in dirs if not is_git_path(d)]
-                    rel = Path(folder).relative_to(self.root).as_posix()
-                    found.update(f"{rel}/{name}" for name in files)
-                    found.update(f"{rel}/{d}" for d in dirs if Path(folder, d).is_symlink())
             else:
-                found.add(path)
+                full = self.root / path
+                if full.is_dir() and not full.is_symlink():
+                    for folder, dirs, files in os.walk(full):  # symlinked folders are listed, not entered
+                        dirs[:] = [d for d in dirs if not is_git_path(d)]
+                        rel = Path(folder).relative_to(self.root).as_posix()
+                        found.update(f"{rel}/{name}" for name in files)
+                        found.update(f"{rel}/{d}" for d in dirs if Path(folder, d).is_symlink())
+                else:
+                    found.add(path)
         return sorted(found)
 
     @mapped
@@ -528,11 +539,12 @@ class Workspace(GitRepo):
         special = [p for p in paths if _is_special(self.root / p)]  # fifos, sockets: no bytes to keep
         regular = [p for p in paths if _is_regular(self.root / p)]
         with self._temp_index(head) as env:
-            self._stage([p for p in paths if p not in special and p not in regular], env)  # symlinks, absent
+            # --replace: a file or symlink now where the tree has a folder (a child's link out) drops what was below
+            self._stage([p for p in paths if p not in special and p not in regular], env, replace=True)  # symlinks, absent
             if special:
                 self._git("update-index", "--force-remove", "-z", "--stdin", input=_nul(special), env=env)
             if regular:  # their bytes exactly: no eol conversion or filter a .gitattributes asks for
-                self._git("update-index", "-z", "--index-info", input=self._raw_entries(regular), env=env)
+                self._git("update-index", "--replace", "-z", "--index-info", input=self._raw_entries(regular), env=env)
             tree = self._out("write-tree", env=env)
         if tree == head_tree and index_tree == head_tree:
             return Savepoint(None, head, None, head)
@@ -671,15 +683,18 @@ class Workspace(GitRepo):
             return
         entries = self._entries(commit, paths)
         present = set(entries)
-        in_the_way = sorted(set(self._on_disk(present)) - set(paths))
+        folders = {f for p in present for f in _ancestors(p)}
+        absent = [p for p in paths if p not in present and p not in folders]
+        way, through = self._in_the_way_of_absent(commit, absent)
+        in_the_way = sorted((set(self._on_disk(present)) - set(paths)) | way)
         if in_the_way:  # a folder where a file goes back, or a file where a folder does: git would delete them
             kept = self.save(in_the_way, f"in the way of putting back {len(paths)} paths from {commit[:12]}")
             logger.warning("saved %d files in the way of a put-back under %s", len(in_the_way), kept.ref)
-        for path in paths:
-            if path not in present:
-                unlink_inside(self.root, path)
+        absent = [p for p in absent if p not in through]  # below a file or symlink the source holds: nothing there
         rest = sorted(present)
-        self._clear_way(in_the_way, rest)
+        self._clear_way(in_the_way, [*rest, *absent])
+        for path in absent:
+            unlink_inside(self.root, path)
         if isinstance(source, Savepoint) and rest:
             rest = self._write_raw(entries, rest)
         if rest:
@@ -687,6 +702,23 @@ class Workspace(GitRepo):
                 self._git("checkout-index", "-f", "-z", "--stdin", env=env, input=_nul(rest))
         drop_bytecode(self.root, paths)
         self._index_from(entries if index == commit else self._entries(index, paths), paths)
+
+    def _in_the_way_of_absent(self, commit: str, absent: Sequence[str]) -> tuple[set[str], set[str]]:
+        """What stands at paths `commit` lacks and must go (files under a folder there, and a
+        file or symlink where a folder leads to them, a child's link out), and those paths that
+        lie below a file or symlink `commit` itself holds (left alone: the user's own link)."""
+        way: set[str] = set()
+        prefixes: dict[str, list[str]] = {}
+        for path in absent:
+            for found in self._on_disk([path]):
+                if found.startswith(path + "/"):
+                    way.add(found)
+                elif found != path:
+                    prefixes.setdefault(found, []).append(path)
+        held = self._entries(commit, sorted(prefixes)) if prefixes else {}
+        through = {path for prefix, below in prefixes.items() if prefix in held for path in below}
+        way.update(prefix for prefix in prefixes if prefix not in held)
+        return way, through
 
     def _entries(self, commit: str, paths: Sequence[str]) -> dict[str, TreeEntry]:
         """What `commit` holds at `paths` (a path that is a folder there: every file under it)."""

@@ -4,6 +4,7 @@ in the user's index, with as few git processes as the check and the put-back nee
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 from pathlib import Path
 
@@ -88,6 +89,78 @@ def test_a_touched_file_a_server_turned_into_a_folder_is_saved_before_the_file_g
     assert during is not None
     assert git(root, "show", f"{during}:pkg/mod.py/cache.bin") == "\x00server data"
     assert (root / "pkg" / "mod.py").read_text() == "VALUE = 1\n"
+    assert git(root, "status", "--porcelain") == ""
+
+
+def _plant(full: Path, kind: str, outside: Path) -> None:
+    """What a hostile server leaves at `full` in place of the file: never anything to follow."""
+    full.unlink()
+    if kind == "socket":
+        sock = socket.socket(socket.AF_UNIX)
+        try:
+            sock.bind(os.fsencode(full))  # relative paths can exceed the socket path limit: bytes are fine
+        finally:
+            sock.close()
+    elif kind == "folder_with_a_link_out":
+        full.mkdir()
+        (full / "out").symlink_to(outside)
+        os.mkfifo(full / "pipe")
+
+
+@pytest.mark.parametrize("kind", ["socket", "folder_with_a_link_out"])
+def test_a_rollback_replaces_whatever_a_server_left_at_a_touched_file_and_writes_nothing_outside(
+    ws: Workspace, tmp_path: Path, kind: str
+) -> None:
+    root = ws.root
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "x").write_text("precious\n")
+    (root / "pkg" / "mod.py").write_text("VALUE = 'mine'\n")
+    touched = ["pkg/mod.py"]
+    saved = ws.save(touched, "before p")
+    ws.apply([FileChange("pkg/mod.py", "BAD = 1\n")])
+    bad = ws.commit_paths(touched, "p")
+    _plant(root / "pkg" / "mod.py", kind, outside)
+
+    undo_change(ws, saved, touched, bad, "test")
+
+    assert not (root / "pkg" / "mod.py").is_symlink() and (root / "pkg" / "mod.py").read_text() == "VALUE = 'mine'\n"
+    assert sorted(p.name for p in outside.iterdir()) == ["x"] and (outside / "x").read_text() == "precious\n"
+    assert git(root, "rev-parse", "HEAD").strip() == saved.head
+
+
+def test_a_users_own_symlinks_come_back_as_symlinks_and_a_path_below_one_is_left_alone(ws: Workspace, tmp_path: Path) -> None:
+    root = ws.root
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (root / "link.py").symlink_to("pkg/mod.py")  # the user's, untracked
+    (root / "data").symlink_to(outside)  # the user's link to a folder outside
+    touched = ["link.py", "data/new.py"]
+    saved = ws.save(touched, "before p")
+    assert git(root, "ls-tree", saved.commit, "link.py", "data").split()[::4][:2] == ["120000", "120000"]
+    (root / "link.py").unlink()
+    (root / "link.py").write_text("BAD = 1\n")  # a server replaced the user's link by a file
+
+    undo_change(ws, saved, touched, None, "test")
+
+    assert os.readlink(root / "link.py") == "pkg/mod.py"
+    assert os.readlink(root / "data") == str(outside) and list(outside.iterdir()) == []
+
+
+def test_a_rollback_removes_a_folder_a_server_made_at_a_path_that_was_absent_saving_what_it_held(ws: Workspace) -> None:
+    root = ws.root
+    touched = ["pkg/new.py"]
+    saved = ws.save(touched, "before p")
+    ws.apply([FileChange("pkg/new.py", "BAD = 1\n")])
+    bad = ws.commit_paths(touched, "p")
+    (root / "pkg" / "new.py").unlink()
+    (root / "pkg" / "new.py" / "deep").mkdir(parents=True)
+    (root / "pkg" / "new.py" / "deep" / "log.txt").write_text("server log\n")
+
+    during = undo_change(ws, saved, touched, bad, "test")
+
+    assert not os.path.lexists(root / "pkg" / "new.py")
+    assert during is not None and git(root, "show", f"{during}:pkg/new.py/deep/log.txt") == "server log\n"
     assert git(root, "status", "--porcelain") == ""
 
 

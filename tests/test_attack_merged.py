@@ -317,9 +317,6 @@ async def test_a_watched_file_a_child_swaps_for_a_symlink_out_is_put_back_before
         assert outside.read_text() == with_version("evil")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "save() writes the user's index with write-tree, which fails on unmerged entries: a conflict in any "
-    'file makes every before_start with edits fail, and the child never starts'))
 async def test_a_user_in_the_middle_of_a_merge_can_still_have_their_edits_screened(
     tmp_path, make_config, supervisor_factory
 ):

@@ -230,3 +230,27 @@ def test_disk_entries_are_git_blob_ids(ws: Workspace) -> None:
     os.mkfifo(root / "fifo")
     assert disk_entry(root, "fifo") == OTHER and disk_entry(root, "run.sh/below") == OTHER
     assert len(blob_id(b"", 64)) == 64
+
+
+def test_a_rollback_in_the_middle_of_a_merge_keeps_the_users_conflicts_touched_or_not(ws: Workspace) -> None:
+    root = ws.root
+    git(root, "checkout", "-qb", "side")
+    for name in ("mod", "keep"):
+        (root / "pkg" / f"{name}.py").write_text(f"{name} = 'side'\n")
+    git(root, "commit", "-qam", "side")
+    git(root, "checkout", "-q", "-")
+    for name in ("mod", "keep"):
+        (root / "pkg" / f"{name}.py").write_text(f"{name} = 'main'\n")
+    git(root, "commit", "-qam", "main")
+    assert subprocess.run(["git", "merge", "side"], cwd=root, capture_output=True).returncode == 1  # two conflicts
+    touched = ["pkg/mod.py"]
+    before = _state(root, ["pkg/mod.py", "pkg/keep.py"])
+    saved = ws.save(touched, "before p")
+    ws.apply([FileChange("pkg/mod.py", "BAD = 1\n")])
+    bad = ws.commit_paths(touched, "p")
+
+    undo_change(ws, saved, touched, bad, "test")
+
+    assert _state(root, ["pkg/mod.py", "pkg/keep.py"]) == before
+    assert git(root, "ls-files", "--unmerged", "--", "pkg/mod.py").count("\n") == 3  # base, ours, theirs
+    assert (root / ".git" / "MERGE_HEAD").exists()

@@ -214,13 +214,48 @@ class Workspace(GitRepo):
             for leftover in (tmp, tmp.with_name(tmp.name + ".lock")):
                 leftover.unlink(missing_ok=True)
 
-    def _user_index_tree(self) -> str:
-        """The tree of the user's index, written from a copy (write-tree would update its cache)."""
+    def _user_index_tree(self) -> tuple[str, list[str]]:
+        """The tree of the user's index, written from a copy (write-tree would update its cache),
+        and its unmerged entries (`ls-files --stage` lines of a merge in progress), which no
+        tree can hold: they are left out of it."""
         index = self.git_dir / "index"  # a linked worktree's git dir holds its own index
         with self._temp_index(None) as env:
             if index.exists():
                 shutil.copyfile(index, env["GIT_INDEX_FILE"])
-            return self._out("write-tree", env=env)
+            written = self._git("write-tree", env=env, ok=(0, 128))
+            if written.returncode == 0:
+                return written.stdout.decode().strip(), []
+            unmerged = self._z("ls-files", "--unmerged", "-z", env=env)  # only asked when write-tree refused
+            conflicted = sorted({line.partition("\t")[2] for line in unmerged})
+            self._git("update-index", "--force-remove", "-z", "--stdin", input=_nul(conflicted), env=env)
+            return self._out("write-tree", env=env), unmerged
+
+    def _stages_commit(self, unmerged: Sequence[str]) -> str:
+        """A commit whose tree holds unmerged entries as `<stage>/<path>` (their blobs kept)."""
+        lines = []
+        for line in unmerged:
+            meta, _, path = line.partition("\t")
+            mode, sha, stage = meta.split()
+            lines.append(f"{mode} {sha}\t{stage}/{path}")
+        with self._temp_index(None) as env:
+            self._git("update-index", "--add", "-z", "--index-info", input=_nul(lines) + b"\0", env=env)
+            tree = self._out("write-tree", "--missing-ok", env=env)
+        return self._commit_tree(tree, [], "metasup: unmerged index entries at save, as <stage>/<path>\n")
+
+    def _unmerged_at(self, index: str, paths: Sequence[str]) -> list[str]:
+        """The unmerged entries a savepoint's index commit kept for `paths` (`ls-files --stage` lines)."""
+        stages = self._git("rev-parse", "--quiet", "--verify", f"{index}^2^{{commit}}", ok=(0, 1))
+        if stages.returncode != 0:
+            return []  # no merge was in progress
+        found = []
+        wanted = [f"{stage}/{path}" for path in paths for stage in "123"]
+        for batch in _batches(wanted):
+            for line in self._z("--literal-pathspecs", "ls-tree", "-r", "-z", stages.stdout.decode().strip(), "--", *batch):
+                meta, _, path = line.partition("\t")
+                mode, _, sha = meta.split()
+                stage, _, real = path.partition("/")
+                found.append(f"{mode} {sha} {stage}\t{real}")
+        return found
 
     def _stage(self, paths: Sequence[str], env: Mapping[str, str] | None = None, *, replace: bool = False) -> None:
         """Index entries for `paths` from disk, ignore rules not consulted; absent ones removed.
@@ -229,13 +264,17 @@ class Workspace(GitRepo):
             flags = ("--replace",) if replace else ()
             self._git("update-index", "--add", "--remove", *flags, "-z", "--stdin", input=_nul(paths), env=env)
 
-    def _index_from(self, entries: Mapping[str, TreeEntry], paths: Sequence[str]) -> None:
+    def _index_from(self, entries: Mapping[str, TreeEntry], paths: Sequence[str], unmerged: Sequence[str] = ()) -> None:
         """The user's index entries for `paths` as `entries` (a listing of the source) has them;
-        a path it lacks is removed. One `update-index --index-info`: `reset -- <paths>` would
-        pathspec-match every entry of a large index."""
+        a path it lacks is removed; `unmerged` (`ls-files --stage` lines) go back as conflicts.
+        One `update-index --index-info`: `reset -- <paths>` would pathspec-match every entry of
+        a large index."""
         zero = "0" * len(next(iter(entries.values())).sha) if entries else ZERO
         lines = [f"0 {zero}\t{p}" for p in paths if p not in entries]
         lines += [f"{e.mode} {e.sha}\t{p}" for p, e in sorted(entries.items())]
+        # a stage above 0 goes in only once the path's entry is gone (git update-index, "USING --INDEX-INFO")
+        lines += [f"0 {zero}\t{p}" for p in sorted({line.partition("\t")[2] for line in unmerged})]
+        lines += unmerged
         self._git("update-index", "-z", "--index-info", input=_nul(lines) + b"\0")
 
     # --- opening -----------------------------------------------------------------------
@@ -274,7 +313,7 @@ class Workspace(GitRepo):
         return ws
 
     def _first_commit(self) -> None:
-        staged = self._user_index_tree()  # `git add` before any commit: kept, the index is rebuilt below
+        staged, _ = self._user_index_tree()  # `git add` before any commit: kept, the index is rebuilt below
         if staged != self._out("hash-object", "-t", "tree", "/dev/null"):
             kept = self._commit_tree(staged, [], "metasup saved: the index before the first snapshot\n")
             self._create_ref(REF_SAVED + stamp(), kept)
@@ -534,7 +573,7 @@ class Workspace(GitRepo):
         and the user's index, before anything touches them."""
         head = self.head()
         head_tree = self._out("rev-parse", "HEAD^{tree}")
-        index_tree = self._user_index_tree()
+        index_tree, unmerged = self._user_index_tree()
         paths = self._on_disk(paths)
         special = [p for p in paths if _is_special(self.root / p)]  # fifos, sockets: no bytes to keep
         regular = [p for p in paths if _is_regular(self.root / p)]
@@ -546,12 +585,13 @@ class Workspace(GitRepo):
             if regular:  # their bytes exactly: no eol conversion or filter a .gitattributes asks for
                 self._git("update-index", "--replace", "-z", "--index-info", input=self._raw_entries(regular), env=env)
             tree = self._out("write-tree", env=env)
-        if tree == head_tree and index_tree == head_tree:
+        if tree == head_tree and index_tree == head_tree and not unmerged:
             return Savepoint(None, head, None, head)
         parents = [head]
         index = None
-        if index_tree != head_tree:
-            index = self._commit_tree(index_tree, [head], f"metasup: the index at save: {reason}\n")
+        if index_tree != head_tree or unmerged:  # a merge in progress: its conflicts in a second parent
+            stages = [self._stages_commit(unmerged)] if unmerged else []
+            index = self._commit_tree(index_tree, [head, *stages], f"metasup: the index at save: {reason}\n")
             parents.append(index)
         listed = "".join(f"  {p}\n" for p in sorted(set(paths))[:200])
         message = (f"metasup saved: {reason}\n\nPaths as they were on disk (absent here = did not exist):\n"
@@ -701,7 +741,8 @@ class Workspace(GitRepo):
             with self._temp_index(commit) as env:
                 self._git("checkout-index", "-f", "-z", "--stdin", env=env, input=_nul(rest))
         drop_bytecode(self.root, paths)
-        self._index_from(entries if index == commit else self._entries(index, paths), paths)
+        unmerged = self._unmerged_at(source.index, paths) if isinstance(source, Savepoint) and source.index else []
+        self._index_from(entries if index == commit else self._entries(index, paths), paths, unmerged)
 
     def _in_the_way_of_absent(self, commit: str, absent: Sequence[str]) -> tuple[set[str], set[str]]:
         """What stands at paths `commit` lacks and must go (files under a folder there, and a

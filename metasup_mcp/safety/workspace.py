@@ -732,9 +732,7 @@ class Workspace(GitRepo):
             logger.warning("saved %d files in the way of a put-back under %s", len(in_the_way), kept.ref)
         absent = [p for p in absent if p not in through]  # below a file or symlink the source holds: nothing there
         rest = sorted(present)
-        self._clear_way(in_the_way, [*rest, *absent])
-        for path in absent:
-            unlink_inside(self.root, path)
+        self._clear_way(in_the_way, absent, rest)
         if isinstance(source, Savepoint) and rest:
             rest = self._write_raw(entries, rest)
         if rest:
@@ -771,12 +769,14 @@ class Workspace(GitRepo):
                 found[path] = TreeEntry(mode, sha, int(size) if size.isdigit() else -1)
         return found
 
-    def _clear_way(self, in_the_way: Sequence[str], targets: Sequence[str]) -> None:
-        """Remove what stands where `targets` go (saved already), and the folders it leaves
-        empty; a folder still holding something (a nested repository) stops the put-back."""
-        for path in in_the_way:
-            unlink_inside(self.root, path)
-        for target in targets:
+    def _clear_way(self, in_the_way: Sequence[str], absent: Sequence[str], targets: Sequence[str]) -> None:
+        """Remove what stands where `targets` go and at `absent` paths (saved already), and the
+        folders that leaves empty; a folder still holding something (a nested repository)
+        stops the put-back."""
+        for path in [*in_the_way, *absent]:
+            if not self._is_folder(path):
+                unlink_inside(self.root, path)
+        for target in [*targets, *absent]:
             folder = self.root / target
             if folder.is_dir() and not folder.is_symlink():
                 for sub, _, _ in sorted(os.walk(folder), key=lambda w: -len(w[0])):
@@ -784,6 +784,12 @@ class Workspace(GitRepo):
                         os.rmdir(sub)
                 if folder.exists():
                     raise WorkspaceError(f"cannot put back {target}: the folder there still holds files it may not remove")
+
+    def _is_folder(self, path: str) -> bool:
+        try:
+            return stat.S_ISDIR((self.root / path).lstat().st_mode)
+        except OSError:
+            return False
 
     @mapped
     def move_head(self, expected: str, to: str) -> bool:

@@ -254,3 +254,24 @@ def test_a_rollback_in_the_middle_of_a_merge_keeps_the_users_conflicts_touched_o
     assert _state(root, ["pkg/mod.py", "pkg/keep.py"]) == before
     assert git(root, "ls-files", "--unmerged", "--", "pkg/mod.py").count("\n") == 3  # base, ours, theirs
     assert (root / ".git" / "MERGE_HEAD").exists()
+
+
+def test_a_rollback_puts_a_file_back_where_a_server_made_its_folder_a_link_out(ws: Workspace, tmp_path: Path) -> None:
+    root = ws.root
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "mod.py").write_text("precious\n")
+    touched = ["pkg/mod.py"]
+    saved = ws.save(touched, "before p")
+    ws.apply([FileChange("pkg/mod.py", "BAD = 1\n")])
+    bad = ws.commit_paths(touched, "p")
+    (root / "pkg" / "keep.py").unlink()
+    (root / "pkg" / "mod.py").unlink()
+    (root / "pkg").rmdir()
+    (root / "pkg").symlink_to(outside)
+
+    during = undo_change(ws, saved, touched, bad, "test")
+
+    assert (outside / "mod.py").read_text() == "precious\n" and sorted(p.name for p in outside.iterdir()) == ["mod.py"]
+    assert not (root / "pkg").is_symlink() and (root / "pkg" / "mod.py").read_text() == "VALUE = 1\n"
+    assert during is not None and git(root, "ls-tree", during, "pkg").startswith("120000")

@@ -339,9 +339,6 @@ async def test_a_user_in_the_middle_of_a_merge_can_still_have_their_edits_screen
         assert [c["data"]["paths"] for c in audited(sup, "candidate")][-1:] == [["server.py"]]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "put_back rewrites the index entries of touched paths with `update-index --index-info` from a tree: "
-    "an intent-to-add entry (absent from any tree) is dropped, and skip-worktree/assume-unchanged bits are cleared"))
 @pytest.mark.parametrize("flag", [("add", "-N", "pkg/new.py"), ("update-index", "--skip-worktree", "pkg/mod.py")])
 def test_a_rollback_keeps_the_users_index_flags_on_a_touched_path(ws: Workspace, flag: tuple[str, ...]) -> None:
     root = ws.root

@@ -32,9 +32,19 @@ from pathlib import Path
 from typing import NamedTuple
 
 from metasup_mcp.safety import bundles
-from metasup_mcp.safety.blobs import disk_entry
+from metasup_mcp.safety.blobs import blob_id, disk_entry
 from metasup_mcp.safety.fsops import delete_at, drop_bytecode, parent_dir, unlink_inside, write_at
 from metasup_mcp.safety.gitcmd import IDENTITY, WorkspaceError, git_env, mapped, run_git
+from metasup_mcp.safety.index_extras import (
+    ASSUME_UNCHANGED,
+    INTENT_TO_ADD,
+    SKIP_WORKTREE,
+    IndexExtras,
+    extras_pathspecs,
+    extras_tree_lines,
+    flags_from_ls_files,
+    parse_extras,
+)
 from metasup_mcp.safety.journal import atomic_write
 from metasup_mcp.safety.ownership import Ownership
 from metasup_mcp.safety.refs import (
@@ -230,32 +240,43 @@ class Workspace(GitRepo):
             self._git("update-index", "--force-remove", "-z", "--stdin", input=_nul(conflicted), env=env)
             return self._out("write-tree", env=env), unmerged
 
-    def _stages_commit(self, unmerged: Sequence[str]) -> str:
-        """A commit whose tree holds unmerged entries as `<stage>/<path>` (their blobs kept)."""
-        lines = []
-        for line in unmerged:
-            meta, _, path = line.partition("\t")
-            mode, sha, stage = meta.split()
-            lines.append(f"{mode} {sha}\t{stage}/{path}")
+    def _index_flags(self, paths: Sequence[str], index_tree: str) -> dict[str, frozenset[str]]:
+        """The skip-worktree, assume-unchanged and intent-to-add bits of the user's entries for `paths`."""
+        lines = [line for batch in _batches(paths)
+                 for line in self._z("--literal-pathspecs", "ls-files", "-v", "--stage", "-z", "--", *batch)]
+        empty = blob_id(b"", len(index_tree))
+        maybe = [line.partition("\t")[2] for line in lines if f" {empty} 0\t" in line]  # i-t-a is never in a tree
+        in_tree = set(self._entries(index_tree, maybe)) if maybe else set()
+        return flags_from_ls_files(lines, empty, in_tree)
+
+    def _extras_commit(self, extras: IndexExtras, hex_length: int) -> str:
+        """A commit whose tree holds what a tree of the index cannot (see index_extras)."""
+        lines = extras_tree_lines(extras, blob_id(b"", hex_length))
         with self._temp_index(None) as env:
             self._git("update-index", "--add", "-z", "--index-info", input=_nul(lines) + b"\0", env=env)
-            tree = self._out("write-tree", "--missing-ok", env=env)
-        return self._commit_tree(tree, [], "metasup: unmerged index entries at save, as <stage>/<path>\n")
+            tree = self._out("write-tree", "--missing-ok", env=env)  # the empty blob need not be stored
+        return self._commit_tree(tree, [], "metasup: the index's unmerged entries and bits at save\n")
 
-    def _unmerged_at(self, index: str, paths: Sequence[str]) -> list[str]:
-        """The unmerged entries a savepoint's index commit kept for `paths` (`ls-files --stage` lines)."""
-        stages = self._git("rev-parse", "--quiet", "--verify", f"{index}^2^{{commit}}", ok=(0, 1))
-        if stages.returncode != 0:
-            return []  # no merge was in progress
-        found = []
-        wanted = [f"{stage}/{path}" for path in paths for stage in "123"]
-        for batch in _batches(wanted):
-            for line in self._z("--literal-pathspecs", "ls-tree", "-r", "-z", stages.stdout.decode().strip(), "--", *batch):
-                meta, _, path = line.partition("\t")
-                mode, _, sha = meta.split()
-                stage, _, real = path.partition("/")
-                found.append(f"{mode} {sha} {stage}\t{real}")
-        return found
+    def _extras_at(self, index: str, paths: Sequence[str]) -> IndexExtras:
+        """What a savepoint's index commit kept of `paths` beyond its tree (none: nothing kept)."""
+        second = self._git("rev-parse", "--quiet", "--verify", f"{index}^2^{{commit}}", ok=(0, 1))
+        if second.returncode != 0:
+            return IndexExtras([], {})
+        commit = second.stdout.decode().strip()
+        return parse_extras(line for batch in _batches(extras_pathspecs(paths))
+                            for line in self._z("--literal-pathspecs", "ls-tree", "-r", "-z", commit, "--", *batch))
+
+    def _flags_back(self, flags: Mapping[str, frozenset[str]]) -> None:
+        """Give the user's entries their saved bits back (after `_index_from` wrote them)."""
+        def having(flag: str) -> list[str]:
+            return sorted(p for p, bits in flags.items() if flag in bits)
+        intent = [p for p in having(INTENT_TO_ADD) if os.path.lexists(self.root / p)]  # git adds only what is there
+        if intent:
+            self._git("--literal-pathspecs", "add", "--intent-to-add", "--force", "--pathspec-from-file=-",
+                      "--pathspec-file-nul", input=_nul(intent))
+        for flag in (SKIP_WORKTREE, ASSUME_UNCHANGED):
+            if having(flag):
+                self._git("update-index", f"--{flag}", "-z", "--stdin", input=_nul(having(flag)))
 
     def _stage(self, paths: Sequence[str], env: Mapping[str, str] | None = None, *, replace: bool = False) -> None:
         """Index entries for `paths` from disk, ignore rules not consulted; absent ones removed.
@@ -575,6 +596,7 @@ class Workspace(GitRepo):
         head_tree = self._out("rev-parse", "HEAD^{tree}")
         index_tree, unmerged = self._user_index_tree()
         paths = self._on_disk(paths)
+        extras = IndexExtras(unmerged, self._index_flags(paths, index_tree))
         special = [p for p in paths if _is_special(self.root / p)]  # fifos, sockets: no bytes to keep
         regular = [p for p in paths if _is_regular(self.root / p)]
         with self._temp_index(head) as env:
@@ -585,13 +607,13 @@ class Workspace(GitRepo):
             if regular:  # their bytes exactly: no eol conversion or filter a .gitattributes asks for
                 self._git("update-index", "--replace", "-z", "--index-info", input=self._raw_entries(regular), env=env)
             tree = self._out("write-tree", env=env)
-        if tree == head_tree and index_tree == head_tree and not unmerged:
+        if tree == head_tree and index_tree == head_tree and not extras:
             return Savepoint(None, head, None, head)
         parents = [head]
         index = None
-        if index_tree != head_tree or unmerged:  # a merge in progress: its conflicts in a second parent
-            stages = [self._stages_commit(unmerged)] if unmerged else []
-            index = self._commit_tree(index_tree, [head, *stages], f"metasup: the index at save: {reason}\n")
+        if index_tree != head_tree or extras:  # a merge's conflicts, and entries' bits: in a second parent
+            more = [self._extras_commit(extras, len(head))] if extras else []
+            index = self._commit_tree(index_tree, [head, *more], f"metasup: the index at save: {reason}\n")
             parents.append(index)
         listed = "".join(f"  {p}\n" for p in sorted(set(paths))[:200])
         message = (f"metasup saved: {reason}\n\nPaths as they were on disk (absent here = did not exist):\n"
@@ -739,8 +761,10 @@ class Workspace(GitRepo):
             with self._temp_index(commit) as env:
                 self._git("checkout-index", "-f", "-z", "--stdin", env=env, input=_nul(rest))
         drop_bytecode(self.root, paths)
-        unmerged = self._unmerged_at(source.index, paths) if isinstance(source, Savepoint) and source.index else []
-        self._index_from(entries if index == commit else self._entries(index, paths), paths, unmerged)
+        extras = self._extras_at(source.index, paths) if isinstance(source, Savepoint) and source.index else None
+        self._index_from(entries if index == commit else self._entries(index, paths), paths, extras.unmerged if extras else ())
+        if extras and extras.flags:
+            self._flags_back(extras.flags)
 
     def _in_the_way_of_absent(self, commit: str, absent: Sequence[str]) -> tuple[set[str], set[str]]:
         """What stands at paths `commit` lacks and must go (files under a folder there, and a

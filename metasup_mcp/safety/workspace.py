@@ -4,12 +4,14 @@ Every write goes through four moves, each on an exact list of paths (never `add 
 `reset --hard`, never `clean`; see docs/safety-model.md):
 
 - `save(paths)`: the on-disk state of `paths` (tracked, untracked or ignored; absent ones
-  noted) and the user's index, as a commit under `refs/metasup/saved/`, never pruned;
+  noted) and the user's index (with a merge's conflicts and the entries' bits: index_extras),
+  as a commit under `refs/metasup/saved/`, never pruned;
 - `apply(changes)`: write and delete files (fd-relative, never through a symlink);
 - `commit_paths(paths)`: stage exactly those paths in a private index, commit on the current
   branch, and bring the user's index entries for them along;
 - `put_back(savepoint, paths)`: make `paths` on disk, and in the user's index, what a
-  savepoint (or any commit) holds: what it lacks is deleted.
+  savepoint (or any commit) holds: what it lacks is deleted, and what stands in the way
+  (a child's symlink, fifo or folder) is saved, then replaced without being followed.
 
 Git runs through `gitcmd.run_git`, hardened against a hostile repository config. Every public
 method sits behind `mapped` (OS errors → `WorkspaceError`); `ValueError` means the caller

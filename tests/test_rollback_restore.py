@@ -96,11 +96,13 @@ def _plant(full: Path, kind: str, outside: Path) -> None:
     """What a hostile server leaves at `full` in place of the file: never anything to follow."""
     full.unlink()
     if kind == "socket":
+        folder = os.open(full.parent, os.O_RDONLY | os.O_DIRECTORY)
         sock = socket.socket(socket.AF_UNIX)
         try:
-            sock.bind(os.fsencode(full))  # relative paths can exceed the socket path limit: bytes are fine
+            sock.bind(f"/proc/self/fd/{folder}/{full.name}")  # short: a socket path is limited to 108 bytes
         finally:
             sock.close()
+            os.close(folder)
     elif kind == "folder_with_a_link_out":
         full.mkdir()
         (full / "out").symlink_to(outside)

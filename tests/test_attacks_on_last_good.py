@@ -142,7 +142,7 @@ async def test_recovery_never_falls_back_to_a_commit_that_failed_its_probation(t
         assert sup.supervisor_block()["last_good_commit"] == initial
         flag.write_text("last good can no longer start\n")  # something outside git broke it
         result = await sup.propose_change(ChangeRequest("v3", changes=[{"path": "server.py", "content": BROKEN}]))
-        assert result.verdict == "rolled_back"
+        assert result.verdict == "rolled_back", result.reasons
         assert sup.supervisor_block()["last_good_commit"] != failed.commit, "a commit that failed probation is last good"
         assert sup.mode == "emergency" and any("EMERGENCY STOP" in r for r in result.reasons)
 

@@ -51,6 +51,8 @@ def seal_code(
 ) -> tuple[CodeSeal, list[str]]:
     """(a seal over the code `children` watch, the paths where the disk differs from `commit`,
     by git and by content: `content`, else a fresh `ContentCheck`)."""
+    if not children:  # a change no server watches restarts nothing: there is no code to seal
+        return CodeSeal(str(ws.root), {}), []
     files = [p for p in ws.tracked_files(commit) if any(watches_code(c.config, p, False) for c in children)]
     files = ws.ownership.code_only(files)
     root = str(ws.root)

@@ -91,12 +91,6 @@ def test_names_with_a_newline_glob_characters_or_a_backslash_are_new_files_as_th
 # --- 2. the last-good ref -------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "GitRepo.last_good puts a foreign ref back with `update-ref refs/metasup/last-good <ours>`, "
-    "which follows a symbolic ref: a child making last-good `ref: refs/heads/main` goes unreported "
-    "while main is last good, and the user's next commit is then taken off their branch (main "
-    "forced back to last good, nothing saved under refs/metasup/saved/); mark_last_good moves "
-    "main the same way"))
 def test_a_last_good_ref_made_symbolic_to_the_users_branch_never_moves_that_branch(ws: Workspace) -> None:
     told: list[tuple[str | None, str]] = []
     ws.on_foreign_last_good = lambda found, ours: told.append((found, ours))

@@ -156,11 +156,24 @@ class GitRepo:
             proc = self._git("rev-parse", "--verify", "--quiet", REF_LAST_GOOD + "^{commit}", ok=(0, 1))
             found = proc.stdout.decode().strip() if proc.returncode == 0 else None
             ours, foreign = self._as_set(found)
+            # A symbolic last-good (`ref: refs/heads/main`) resolves to ours while that branch is
+            # there, and an update through it would move the user's branch: foreign either way.
+            if (target := self._symbolic_target(REF_LAST_GOOD)) is not None:
+                found, foreign = f"ref: {target}", True
             if foreign and ours is not None:
-                self._git("update-ref", REF_LAST_GOOD, ours)
+                self._git("update-ref", "--no-deref", REF_LAST_GOOD, ours)
         if foreign:
             self._tell_foreign(found, ours)
         return ours
+
+    def _symbolic_target(self, name: str) -> str | None:
+        """The ref a loose symbolic ref `name` points at, read from its file (git packs no
+        symbolic refs); None for a plain ref."""
+        try:
+            text = (self.git_dir / name).read_text(encoding="ascii", errors="replace")
+        except OSError:
+            return None
+        return text[4:].strip() if text.startswith("ref:") else None
 
     def _as_set(self, found: str | None) -> tuple[str | None, bool]:
         """(the last good this supervisor set, whether the ref's value `found` differs from it).
@@ -179,7 +192,7 @@ class GitRepo:
         """Move last good, and remember the commit as verified (a rollback target later)."""
         sha = self._resolve(commit)
         with self._last_good_lock:
-            self._git("update-ref", REF_LAST_GOOD, sha)
+            self._git("update-ref", "--no-deref", REF_LAST_GOOD, sha)  # never through a symbolic ref
             self._last_good_set = sha
         if sha not in self.verified_commits():
             self._create_ref(REF_VERIFIED + stamp(), sha)

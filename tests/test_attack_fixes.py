@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from metasup_mcp.safety import workspace as workspace_module
+from metasup_mcp.safety.gitcmd import WorkspaceError
 from metasup_mcp.safety.workspace import Workspace
 
 
@@ -125,10 +126,6 @@ def test_a_deleted_or_repacked_last_good_ref_is_put_back_and_reported(ws: Worksp
 # --- 3. a put-back replacing what a child left --------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Workspace._clear_way empties folders by path (`self.root / target`, os.walk, os.rmdir): a "
-    "child that puts its symlink `plugins` back right after the put-back unlinked it has the "
-    "supervisor remove (empty) folders outside the workspace through the link"))
 def test_a_link_out_swapped_back_during_a_put_back_removes_nothing_outside(ws: Workspace, tmp_path: Path, monkeypatch) -> None:
     outside = tmp_path / "outside"
     (outside / "new.py" / "keep").mkdir(parents=True)  # the user's (empty) folders, outside the workspace
@@ -153,6 +150,33 @@ def test_a_link_out_swapped_back_during_a_put_back_removes_nothing_outside(ws: W
         pass  # refusing is fine; touching outside is not
     assert (outside / "new.py" / "keep").is_dir()
     assert saved.ref is not None
+
+
+def test_a_deeper_link_out_swapped_back_during_a_put_back_is_refused_by_name(ws: Workspace, tmp_path: Path, monkeypatch) -> None:
+    outside = tmp_path / "outside"
+    (outside / "new.py" / "keep").mkdir(parents=True)
+    write(ws.root, "plugins/sub/old.py")
+    sh(ws.root, "add", "-A")
+    sh(ws.root, "commit", "-qm", "sub")
+    last_good = ws.head()
+    write(ws.root, "plugins/sub/new.py", "evil = 1\n")
+    ws.save(["plugins/sub/new.py"], "before rolling back")
+    (ws.root / "plugins/sub/new.py").unlink()
+    (ws.root / "plugins/sub/old.py").unlink()
+    (ws.root / "plugins/sub").rmdir()
+    os.symlink(outside, ws.root / "plugins/sub")
+    real = workspace_module.unlink_inside
+
+    def racing(root: Path, rel: str) -> None:
+        real(root, rel)
+        if rel == "plugins/sub" and not os.path.lexists(root / "plugins/sub"):
+            os.symlink(outside, root / "plugins/sub")
+
+    monkeypatch.setattr(workspace_module, "unlink_inside", racing)
+    with pytest.raises(WorkspaceError, match="plugins/sub/new.py"):
+        ws.put_back(last_good, ["plugins/sub/new.py"])
+    assert (outside / "new.py" / "keep").is_dir()
+    assert (ws.root / "plugins/base.py").read_text() == "x = 1\n"
 
 
 def test_a_hardlink_to_a_file_outside_is_replaced_never_written_through(ws: Workspace, tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ never entering `.git`. The last line of defence under `rules.validate_changes`."
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 import stat
@@ -13,7 +14,7 @@ from pathlib import Path
 from metasup_mcp.safety.gitcmd import WorkspaceError
 from metasup_mcp.safety.rules import is_git_path
 
-__all__ = ["delete_at", "drop_bytecode", "parent_dir", "unlink_inside", "write_at"]
+__all__ = ["delete_at", "drop_bytecode", "is_folder_inside", "parent_dir", "remove_empty_folders", "unlink_inside", "write_at"]
 
 def safe_parts(path: str) -> list[str]:
     parts = path.split("/") if isinstance(path, str) else []
@@ -57,6 +58,76 @@ def unlink_inside(root: Path, rel: str) -> None:
             delete_at(dir_fd, name)
     except FileNotFoundError:
         pass
+
+
+def is_folder_inside(root: Path, rel: str) -> bool:
+    """Whether a real folder stands at `rel`, its leading folders reached as `parent_dir` does
+    (a symlink anywhere on the way: False, never followed)."""
+    try:
+        with parent_dir(root, rel, create=False) as (dir_fd, name):
+            return stat.S_ISDIR(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+    except (OSError, WorkspaceError):
+        return False
+
+
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+MAX_FOLDER_DEPTH = 256  # folders below one put-back path: deeper ones are left (and stop it), no fd or stack runs out
+
+
+def remove_empty_folders(root: Path, rel: str) -> bool:
+    """Remove the folder at `rel` and every folder below it that holds nothing else, bottom up,
+    through directory fds: a symlink is never entered, and a folder swapped for one meanwhile
+    is left (rmdir never follows a link). Return whether no folder is left at `rel` (a file or
+    symlink there is the caller's to replace).
+
+    Raise WorkspaceError when a symlink or file stands where a leading folder of `rel` goes:
+    the caller cleared it already, so something put it back during the put-back.
+    """
+    try:
+        with parent_dir(root, rel, create=False) as (dir_fd, name):
+            try:
+                fd = os.open(name, DIR_FLAGS, dir_fd=dir_fd)
+            except OSError as exc:
+                if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                    return True  # nothing there, or a file or symlink: no folder to empty
+                raise
+            try:
+                _remove_empty_below(fd, MAX_FOLDER_DEPTH)
+            finally:
+                os.close(fd)
+            with contextlib.suppress(OSError):  # not empty: the caller refuses
+                os.rmdir(name, dir_fd=dir_fd)
+            try:
+                return not stat.S_ISDIR(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+            except FileNotFoundError:
+                return True
+    except FileNotFoundError:
+        return True
+    except OSError as exc:
+        if exc.errno in (errno.ENOTDIR, errno.ELOOP):
+            raise WorkspaceError(
+                f"refusing to clear {rel!r}: a symlink or file stands where one of its folders goes "
+                "(put back after it was removed); nothing was followed, retry once the child is stopped"
+            ) from exc
+        raise
+
+
+def _remove_empty_below(fd: int, depth: int) -> None:
+    if depth <= 0:
+        return
+    with os.scandir(fd) as entries:
+        folders = [e.name for e in entries if e.is_dir(follow_symlinks=False)]
+    for name in folders:
+        try:
+            sub = os.open(name, DIR_FLAGS, dir_fd=fd)
+        except OSError:
+            continue  # gone, or swapped for a symlink or file: left as it is
+        try:
+            _remove_empty_below(sub, depth - 1)
+        finally:
+            os.close(sub)
+        with contextlib.suppress(OSError):  # still holds something
+            os.rmdir(name, dir_fd=fd)
 
 
 def write_at(dir_fd: int, name: str, data: bytes, executable: bool | None = None, *, replace_other: bool = False) -> None:

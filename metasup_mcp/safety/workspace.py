@@ -35,7 +35,9 @@ from typing import NamedTuple
 
 from metasup_mcp.safety import bundles
 from metasup_mcp.safety.blobs import blob_id, disk_entry
-from metasup_mcp.safety.fsops import delete_at, drop_bytecode, parent_dir, unlink_inside, write_at
+from metasup_mcp.safety.fsops import (
+    delete_at, drop_bytecode, is_folder_inside, parent_dir, remove_empty_folders, unlink_inside, write_at,
+)
 from metasup_mcp.safety.gitcmd import IDENTITY, WorkspaceError, git_env, mapped, run_git
 from metasup_mcp.safety.index_extras import (
     ASSUME_UNCHANGED,
@@ -798,24 +800,17 @@ class Workspace(GitRepo):
     def _clear_way(self, in_the_way: Sequence[str], absent: Sequence[str], targets: Sequence[str]) -> None:
         """Remove what stands where `targets` go and at `absent` paths (saved already), and the
         folders that leaves empty; a folder still holding something (a nested repository)
-        stops the put-back."""
+        stops the put-back. Every step goes through directory fds, never a symlink: one put back
+        meanwhile on the way to a path stops the put-back (WorkspaceError)."""
         for path in [*in_the_way, *absent]:
-            if not self._is_folder(path):
-                unlink_inside(self.root, path)
+            if not is_folder_inside(self.root, path):
+                try:
+                    unlink_inside(self.root, path)
+                except OSError as exc:
+                    raise WorkspaceError(f"cannot put back {path}: {exc.strerror or exc} on the way to it (a symlink put back?)") from exc
         for target in [*targets, *absent]:
-            folder = self.root / target
-            if folder.is_dir() and not folder.is_symlink():
-                for sub, _, _ in sorted(os.walk(folder), key=lambda w: -len(w[0])):
-                    with contextlib.suppress(OSError):
-                        os.rmdir(sub)
-                if folder.exists():
-                    raise WorkspaceError(f"cannot put back {target}: the folder there still holds files it may not remove")
-
-    def _is_folder(self, path: str) -> bool:
-        try:
-            return stat.S_ISDIR((self.root / path).lstat().st_mode)
-        except OSError:
-            return False
+            if not remove_empty_folders(self.root, target):
+                raise WorkspaceError(f"cannot put back {target}: the folder there still holds files it may not remove")
 
     @mapped
     def move_head(self, expected: str, to: str) -> bool:

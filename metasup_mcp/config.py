@@ -333,11 +333,15 @@ class ServerConfig(_Strict):
         """Whether a change to workspace-relative `path` concerns this server (no `watch`: all do).
 
         A `watch` entry ending in `/` is a folder prefix; any other entry is a glob or a path.
+        A `path` ending in `/` asks about a folder (or a symlink or nested repository the server
+        may load code through): whether an entry names it or may name anything under it.
         """
         if self.url is not None:
             return False  # a remote server runs no workspace code: changes never restart it
         if not self.watch:
             return True
+        if path.endswith("/"):
+            return any(_may_name_under(entry, path) for entry in self.watch)
         return any(
             path.startswith(entry) if entry.endswith("/") else (path == entry or fnmatch.fnmatch(path, entry))
             for entry in self.watch
@@ -348,6 +352,16 @@ class ServerConfig(_Strict):
         if self.command is None:
             raise ValueError(f"server {self.name!r} is remote ({shown_url(self.url)}): it has no executable")
         return resolve_command(self.command)
+
+
+def _may_name_under(entry: str, folder: str) -> bool:
+    """Whether `watch` entry `entry` names `folder` (ending in `/`) or may name a path under it:
+    every path an entry matches starts with the entry's text before its first glob character
+    (fnmatch's `*` matches `/` too), so the two must agree as far as both go. Sound, not tight."""
+    literal = entry[: min((i for i, c in enumerate(entry) if c in "*?["), default=len(entry))]
+    if literal == entry and not entry.endswith("/"):
+        return entry.startswith(folder) or entry == folder[:-1]  # a path: below the folder, or it
+    return literal.startswith(folder) or folder.startswith(literal)
 
 
 class SupervisorConfig(_Strict):

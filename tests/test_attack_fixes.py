@@ -48,10 +48,6 @@ def ws(tmp_path: Path, pinned_git: None) -> Workspace:
 # --- 1. new files under an explicit watch ---------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "new_files lists an untracked symlink `ext` as the one path `ext`: a `watch: [ext/]` names "
-    "the files below it (ext/evil.py, which the server imports through the link) but never the "
-    "link itself, so code in an ignored folder (venv/) runs unscreened"))
 def test_a_watched_folder_that_is_a_symlink_into_an_ignored_folder_is_new_code(ws: Workspace) -> None:
     write(ws.root, "venv/lib/evil.py", "import os\n")
     os.symlink("venv/lib", ws.root / "ext")
@@ -65,10 +61,6 @@ def test_a_symlink_below_a_watched_folder_is_a_new_file(ws: Workspace) -> None:
     assert ws.new_files(ws.head(), plugins) == ["plugins/extra"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a nested repository `git add`ed to the user's index is a gitlink: changes_since reports the "
-    "one path `plugins/extra` (tracked, so never a new file), which `plugins/` style watches read "
-    "as a file and no walk looks into: plugins/extra/evil.py runs unscreened"))
 def test_a_nested_repository_staged_as_a_gitlink_under_a_watch_is_screened(ws: Workspace) -> None:
     nested = ws.root / "plugins" / "extra"
     write(nested, "evil.py", "import os\n")
@@ -215,3 +207,48 @@ def test_an_untouched_conflict_and_a_touched_paths_bits_survive_a_save_and_put_b
     assert sh(root, "ls-files", "--stage", "notes.txt") == before
     assert sh(root, "ls-files", "-v", "app.py").startswith("S ")
     assert (root / "notes.txt").read_text().startswith("<<<<<<<")
+
+
+# --- links and gitlinks to watched code, end to end through the candidate commit ------------
+
+
+def test_a_watch_asked_about_a_folder_names_what_may_lie_under_it() -> None:
+    from metasup_mcp.config import ServerConfig
+
+    config = ServerConfig(name="s", command="python", watch=["ext/sub/", "src/*.py", "tools/run.py"])
+    assert [config.watches(p) for p in ("ext/", "ext/sub/", "src/", "tools/", "other/", "ext")] == [
+        True, True, True, True, False, False]
+
+
+def test_a_tracked_symlink_pointed_into_an_ignored_folder_is_code_and_committed_as_a_link(ws: Workspace) -> None:
+    from metasup_mcp.config import ServerConfig
+    from metasup_mcp.evolution.watched import watches_code
+
+    write(ws.root, "vendor/lib/ok.py")
+    os.symlink("vendor/lib", ws.root / "ext")
+    sh(ws.root, "add", "-A")
+    sh(ws.root, "commit", "-qm", "a link")
+    ws.mark_last_good(ws.head())
+    write(ws.root, "venv/lib/evil.py", "import os\n")
+    os.unlink(ws.root / "ext")
+    os.symlink("venv/lib", ws.root / "ext")
+    tracked, _ = ws.changes_since(ws.head(), lambda p: p.startswith("ext/"))
+    config = ServerConfig(name="s", command="python", watch=["ext/"])
+    assert tracked == ["ext"] and watches_code(config, "ext", False, link=True) and not watches_code(config, "ext", False)
+    candidate = ws.commit_paths(tracked, "candidate")
+    assert sh(ws.root, "ls-tree", candidate, "ext").split()[0] == "120000"  # the link, never followed
+
+
+def test_a_gitlink_committed_past_last_good_is_its_files_and_the_candidate_holds_them(ws: Workspace) -> None:
+    nested = ws.root / "plugins" / "extra"
+    write(nested, "evil.py", "import os\n")
+    sh(nested, "init", "-q")
+    sh(nested, "add", "-A")
+    sh(nested, "commit", "-qm", "mine")
+    sh(ws.root, "add", "plugins/extra")
+    sh(ws.root, "commit", "-qm", "the child commits a gitlink")
+    tracked, untracked = ws.changes_since(ws.last_good(), plugins)
+    assert (tracked, untracked) == ([], ["plugins/extra/evil.py"])
+    candidate = ws.commit_paths(untracked, "candidate")
+    assert sh(ws.root, "ls-tree", "-r", candidate, "plugins/extra").split()[:1] == ["100644"]
+    assert sh(ws.root, "ls-files", "-s", "plugins/extra").startswith("100644")  # the user's index as committed

@@ -17,6 +17,7 @@ cannot see: an edit of the same size in the same second, or with mtime set back
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 
 from metasup_mcp.children.child import ManagedChild
@@ -27,9 +28,12 @@ from metasup_mcp.safety.workspace import Workspace
 __all__ = ["code_by_server", "differing_from", "new_code_filter", "watches_code"]
 
 
-def watches_code(config: ServerConfig, path: str, untracked: bool) -> bool:
-    """Whether `path` (untracked or not) is code the server `config` runs, by its `watch` alone."""
-    return config.watches(path) and (not untracked or bool(config.watch))
+def watches_code(config: ServerConfig, path: str, untracked: bool, link: bool = False) -> bool:
+    """Whether `path` (untracked or not) is code the server `config` runs, by its `watch` alone.
+    `link`: `path` is a symlink on disk, code too when a watch names anything under it (`ext`
+    for `watch: [ext/]`: the server loads `ext/evil.py` through it)."""
+    named = config.watches(path) or (link and config.watches(path + "/"))
+    return named and (not untracked or bool(config.watch))
 
 
 def new_code_filter(children: Sequence[ManagedChild]) -> Callable[[str], bool] | None:
@@ -47,12 +51,15 @@ def code_by_server(
     `tracked`, `untracked`: changed paths as `differing_from` splits them. `ignored_by`: the
     commit whose ignore rules judge untracked files (one `git check-ignore`), or None to take
     them as listed (the caller's look already applied rules it trusts)."""
-    new = sorted({p for p in untracked if any(watches_code(c.config, p, True) for c in children)})
+    links = {p for p in {*tracked, *untracked}
+             if any(not c.config.watches(p) and c.config.watches(p + "/") for c in children)
+             and os.path.islink(ws.root / p)}
+    new = sorted({p for p in untracked if any(watches_code(c.config, p, True, p in links) for c in children)})
     if ignored_by is not None and new:
         new = sorted(set(new) - ws.ignored_at(ignored_by, new))
     fresh = set(new)
     code = ws.ownership.code_only(sorted({*tracked, *new}))
-    return {c.name: [p for p in code if watches_code(c.config, p, p in fresh)] for c in children}
+    return {c.name: [p for p in code if watches_code(c.config, p, p in fresh, p in links)] for c in children}
 
 
 def differing_from(

@@ -201,6 +201,7 @@ class Glance(NamedTuple):
     changed: list[str]
     untracked: list[str]
     ignored: tuple[str, ...] = ()
+    gitlinks: tuple[str, ...] = ()  # changed paths the index or disk holds as a nested repository, HEAD not
 
 
 class Workspace(GitRepo):
@@ -396,7 +397,10 @@ class Workspace(GitRepo):
         that are not ignored): `changed_paths` split in one pass. With `watched`, the untracked
         files are `new_files(since, watched)`: judged by `since`'s committed ignore rules alone."""
         tracked = self.changed_paths(since, untracked=False)
-        listed = self.new_files(since, watched) if watched is not None else self._z("ls-files", "-z", "--others", "--exclude-standard")
+        if watched is None:
+            return tracked, sorted(set(self._z("ls-files", "-z", "--others", "--exclude-standard")) - set(tracked))
+        listed, walked = self._new_files(since, watched, None)
+        tracked = [p for p in tracked if p not in walked]  # a new gitlink is its files, as an untracked nested repo
         return tracked, sorted(set(listed) - set(tracked))
 
     @mapped
@@ -405,18 +409,42 @@ class Workspace(GitRepo):
         ignore, sorted: what is new code under an explicit `watch`. Git's other rules are not
         trusted (anyone can write them): a file hidden only by info/exclude, the user's excludes
         file, or a `.gitignore` untracked or edited on disk is listed, as is every file of an
-        untracked nested repository. `seen`: a `glance(ignored=True)` already taken (the restart
-        path's); past it, git runs only when something hidden may be a watched file.
+        untracked nested repository, and of one staged or committed as a gitlink that `since`
+        lacks (git lists only the gitlink). A symlink counts when `watched` names it or, asked
+        as a folder (`link/`), anything under it: the server loads code through it; it is listed
+        as the symlink it is, never followed. `seen`: a `glance(ignored=True)` already taken
+        (the restart path's); past it, git runs only when something hidden may be a watched file.
         See safety/trusted_ignore.py."""
+        return self._new_files(since, watched, seen)[0]
+
+    def _new_files(self, since: str, watched: Callable[[str], bool], seen: Glance | None) -> tuple[list[str], set[str]]:
+        """`new_files`, and the gitlinks it walked as nested repositories."""
         commit = since if _is_sha(since) else self._resolve(since)  # the restart path passes a sha
         seen = seen if seen is not None else self.glance(ignored=True)
-        hidden = [p for p in seen.ignored if p.endswith("/") or watched(p)]
+
+        def named(path: str) -> bool:  # the lstat only for a path that may be a link to watched code
+            return watched(path) or (watched(path + "/") and os.path.islink(self.root / path))
+
+        hidden = [p for p in seen.ignored if p.endswith("/") or named(p)]
         untrusted = sorted(set(hidden) - self._trusted.ignored(commit, hidden)) if hidden else []
         folders = [p for p in untrusted if p.endswith("/")]
         inside = [p for batch in _batches(folders) for p in self._z("--literal-pathspecs", "ls-files", "-z", "--others", "--", *batch)]
-        nested = [p for p in [*seen.untracked, *inside] if p.endswith("/")]
-        found = keep([*seen.untracked, *untrusted, *inside, *walk_nested(self.root, nested)], watched)
-        return sorted(set(found) - self._trusted.ignored(commit, found)) if found else []
+        gitlinks = {p for p in self._gitlinks_since(commit, seen) if watched(p + "/")}
+        nested = [p for p in [*seen.untracked, *inside] if p.endswith("/")] + [f"{p}/" for p in sorted(gitlinks)]
+        found = keep([*seen.untracked, *untrusted, *inside, *walk_nested(self.root, nested)], named)
+        return (sorted(set(found) - self._trusted.ignored(commit, found)) if found else []), gitlinks
+
+    def _gitlinks_since(self, commit: str, seen: Glance) -> list[str]:
+        """Gitlinks (mode 160000) the user's index or HEAD holds and `commit` does not: the
+        glance's, and (HEAD moved past `commit`) those HEAD gained, from one `diff-tree`."""
+        found = list(seen.gitlinks)
+        if seen.head is not None and seen.head != commit:
+            records = iter(self._z("diff-tree", "-r", "-z", "--no-renames", commit, seen.head))
+            for meta, path in zip(records, records):  # ":<old mode> <new mode> <old> <new> <status>", the path
+                old_mode, new_mode = meta[1:].split(" ", 2)[:2]
+                if new_mode == "160000" and old_mode != "160000":
+                    found.append(path)
+        return found
 
     @mapped
     def glance(self, ignored: bool = False) -> Glance:
@@ -440,23 +468,30 @@ class Workspace(GitRepo):
         changed: list[str] = []
         untracked: list[str] = []
         hidden: list[str] = []
+        gitlinks: list[str] = []
         records = iter(proc.stdout.decode("utf-8", "surrogateescape").split("\0"))
         for record in records:
             kind, _, rest = record.partition(" ")
             if kind == "#" and rest.startswith("branch.oid "):
                 oid = rest.split(" ", 1)[1]
                 head = oid if oid != "(initial)" else None
-            elif kind == "1":
-                changed.append(rest.split(" ", 7)[7])
+            elif kind == "1":  # "<XY> <sub> <mH> <mI> <mW> <hH> <hI> <path>"
+                fields = rest.split(" ", 7)
+                changed.append(fields[7])
+                if fields[2] != "160000" and "160000" in fields[3:5]:
+                    gitlinks.append(fields[7])
             elif kind == "2":  # a rename (not asked for): both of its paths
                 changed += [rest.split(" ", 8)[8], next(records, "")]
-            elif kind == "u":
-                changed.append(rest.split(" ", 9)[9])
+            elif kind == "u":  # "<XY> <sub> <m1> <m2> <m3> <mW> <h1> <h2> <h3> <path>"
+                fields = rest.split(" ", 9)
+                changed.append(fields[9])
+                if "160000" in fields[2:6]:
+                    gitlinks.append(fields[9])
             elif kind == "?":
                 untracked.append(rest)
             elif kind == "!":
                 hidden.append(rest)
-        return Glance(head, sorted(p for p in changed if p), sorted(untracked), tuple(sorted(hidden)))
+        return Glance(head, sorted(p for p in changed if p), sorted(untracked), tuple(sorted(hidden)), tuple(sorted(gitlinks)))
 
     @mapped
     def untracked_files(self, exclude_standard: bool = True) -> list[str]:
@@ -725,8 +760,9 @@ class Workspace(GitRepo):
         wanted = self.ownership.code_only(sorted(set(paths)))
         skip = set(self.ignored(wanted)) | set(ignored or ())
         wanted = [p for p in wanted if p not in skip]
+        # --replace: a file of a nested repository staged as a gitlink takes the gitlink's place
         with self._temp_index(head) as env:
-            self._stage(wanted, env)
+            self._stage(wanted, env, replace=True)
             tree = self._out("write-tree", env=env)
         if tree == self._out("rev-parse", "HEAD^{tree}"):
             raise WorkspaceError("nothing to commit: the working tree matches HEAD")
@@ -735,7 +771,7 @@ class Workspace(GitRepo):
             text += "\n" + "".join(f"{k}: {v}\n" for k, v in trailers.items())
         sha = self._commit_tree(tree, [head], text)
         self._git("update-ref", "-m", f"metasup: {message.strip().splitlines()[0][:72]}", "HEAD", sha, head)
-        self._stage(wanted)  # the user's index: these entries as committed (from disk, with stat data)
+        self._stage(wanted, replace=True)  # the user's index: these entries as committed (from disk, with stat data)
         return sha
 
     @mapped

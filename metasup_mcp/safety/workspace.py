@@ -26,7 +26,6 @@ import os
 import secrets
 import shutil
 import stat
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timezone

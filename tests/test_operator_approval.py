@@ -191,6 +191,7 @@ async def test_metasup_mcp_approve_sends_the_token_only_to_a_supervisor_that_pro
     it) would receive the operator token from `metasup-mcp approve`. The endpoint must first
     answer a challenge with the key the supervisor keeps in its state folder."""
     import socket
+    import threading
 
     monkeypatch.setenv("METASUP_OPERATOR_TOKEN", TOKEN)
     port = free_port()
@@ -200,21 +201,25 @@ async def test_metasup_mcp_approve_sends_the_token_only_to_a_supervisor_that_pro
     squatter.bind(("127.0.0.1", port))
     squatter.listen()
 
+    stop = threading.Event()
+
     def squat() -> None:
-        squatter.settimeout(15)
-        try:
-            while True:
+        # Short accept timeouts until told to stop: a socket closed or shut down from another
+        # thread does not reliably wake an accept() blocked on it.
+        squatter.settimeout(0.05)
+        while not stop.is_set():
+            try:
                 conn, _ = squatter.accept()
-                with conn:
-                    conn.settimeout(2)
-                    try:
-                        received.append(conn.recv(65536))
-                    except OSError:
-                        pass
-                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 13\r\n\r\n"
-                                 b'{"proof": ""}')
-        except OSError:
-            return  # closed
+            except TimeoutError:
+                continue
+            with conn:
+                conn.settimeout(2)
+                try:
+                    received.append(conn.recv(65536))
+                except OSError:
+                    pass
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 13\r\n\r\n"
+                             b'{"proof": ""}')
 
     path = write_config(
         tmp_path, [APP], workspace_template=str(workspace_template(tmp_path)), approval={"mode": "human"},
@@ -224,10 +229,11 @@ async def test_metasup_mcp_approve_sends_the_token_only_to_a_supervisor_that_pro
     async with sup.running(), anyio.create_task_group() as tg:
         assert await tg.start(run_status_http, sup, sup.settings.status_http) is None  # the port is taken
         held = await sup.propose_change(ChangeRequest("v2", changes=[{"path": "server.py", "content": with_version("2")}]))
-        tg.start_soon(anyio.to_thread.run_sync, squat)
-        code = await anyio.to_thread.run_sync(lambda: cli.main(["approve", held.id, "--config", str(path)]))
-        squatter.shutdown(socket.SHUT_RDWR)  # wakes its accept(): the port is free again
-        squatter.close()
+        async with anyio.create_task_group() as squatting:
+            squatting.start_soon(anyio.to_thread.run_sync, squat)
+            code = await anyio.to_thread.run_sync(lambda: cli.main(["approve", held.id, "--config", str(path)]))
+            stop.set()
+        squatter.close()  # the port is free again
         assert code == 1 and "the operator token was not sent" in capsys.readouterr().err
         assert not any(TOKEN.encode() in chunk for chunk in received), received
         assert sup.get_change(held.id).status == "pending_approval"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -139,9 +140,17 @@ async def test_an_on_disk_edit_to_a_protected_path_is_reverted_at_once(tmp_path,
         rules = sup.settings.workspace / "config" / "safety_rules.yaml"
         rules.write_text("- {paths: '*', deny: '.*', message: sneaky}\n")
         # The file is put back first, then the revert is audited and recorded: wait for both.
+        # git checkout-index replaces a file by unlinking it first: absent for a moment.
         with anyio.fail_after(10):
-            while rules.read_text() != "[]\n" or not any(e["event"] == "protected_revert" for e in sup.events):
+            while text_or_none(rules) != "[]\n" or not any(e["event"] == "protected_revert" for e in sup.events):
                 await anyio.sleep(0.1)
+
+
+def text_or_none(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return None
 
 
 async def test_rollback_goes_only_to_verified_commits(tmp_path, make_config, supervisor_factory):
